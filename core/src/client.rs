@@ -18,7 +18,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 #[derive(Debug, Error)]
 pub enum ClientError {
     #[error("cannot connect to the API server at {target}: {source}")]
-    Connect { target: String, source: std::io::Error },
+    Connect {
+        target: String,
+        source: std::io::Error,
+    },
     #[error("TLS: {0}")]
     Tls(String),
     #[error("HTTP: {0}")]
@@ -32,7 +35,12 @@ pub enum ClientError {
 #[derive(Clone)]
 enum Transport {
     Unix(PathBuf),
-    Https { host: String, port: u16, tls: Arc<rustls::ClientConfig>, token: Option<String> },
+    Https {
+        host: String,
+        port: u16,
+        tls: Arc<rustls::ClientConfig>,
+        token: Option<String>,
+    },
 }
 
 /// A client for one API server.
@@ -100,7 +108,9 @@ fn tls_config(ca_pem: &[u8]) -> Result<rustls::ClientConfig, ClientError> {
     let mut rd = ca_pem;
     for cert in rustls_pemfile::certs(&mut rd) {
         let cert = cert.map_err(|e| ClientError::Tls(e.to_string()))?;
-        roots.add(cert).map_err(|e| ClientError::Tls(e.to_string()))?;
+        roots
+            .add(cert)
+            .map_err(|e| ClientError::Tls(e.to_string()))?;
     }
     rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
@@ -111,12 +121,18 @@ fn tls_config(ca_pem: &[u8]) -> Result<rustls::ClientConfig, ClientError> {
 impl ApiClient {
     /// Plain HTTP over the API server's Unix socket.
     pub fn unix(path: impl AsRef<Path>) -> Self {
-        Self { transport: Transport::Unix(path.as_ref().to_path_buf()), namespace: "default".into() }
+        Self {
+            transport: Transport::Unix(path.as_ref().to_path_buf()),
+            namespace: "default".into(),
+        }
     }
 
     /// HTTPS as the kubeconfig's current context says (token auth, embedded or file CA).
     pub fn from_kubeconfig(path: &Path) -> Result<Self, ClientError> {
-        let err = |msg: String| ClientError::Kubeconfig { path: path.to_path_buf(), msg };
+        let err = |msg: String| ClientError::Kubeconfig {
+            path: path.to_path_buf(),
+            msg,
+        };
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
         let kc: Kubeconfig = serde_yaml::from_str(&text).map_err(|e| err(e.to_string()))?;
         let ctx = kc
@@ -132,23 +148,42 @@ impl ApiClient {
             .ok_or_else(|| err(format!("no cluster {:?}", ctx.value.cluster)))?;
         let user = kc.users.iter().find(|u| u.name == ctx.value.user);
         let ca = if !cluster.value.ca_data.is_empty() {
-            base64::engine::general_purpose::STANDARD.decode(cluster.value.ca_data.trim()).map_err(|e| err(format!("bad certificate-authority-data: {e}")))?
+            base64::engine::general_purpose::STANDARD
+                .decode(cluster.value.ca_data.trim())
+                .map_err(|e| err(format!("bad certificate-authority-data: {e}")))?
         } else if !cluster.value.ca_file.is_empty() {
             std::fs::read(&cluster.value.ca_file).map_err(|e| err(e.to_string()))?
         } else {
             return Err(err("no certificate authority".into()));
         };
         let server = &cluster.value.server;
-        let rest = server.strip_prefix("https://").ok_or_else(|| err(format!("server {server:?} is not https")))?;
+        let rest = server
+            .strip_prefix("https://")
+            .ok_or_else(|| err(format!("server {server:?} is not https")))?;
         let rest = rest.trim_end_matches('/');
         let (host, port) = match rest.rsplit_once(':') {
-            Some((h, p)) => (h.trim_matches(|c| c == '[' || c == ']').to_string(), p.parse().map_err(|_| err(format!("bad port in {server:?}")))?),
+            Some((h, p)) => (
+                h.trim_matches(|c| c == '[' || c == ']').to_string(),
+                p.parse()
+                    .map_err(|_| err(format!("bad port in {server:?}")))?,
+            ),
             None => (rest.to_string(), 443),
         };
-        let token = user.map(|u| u.value.token.clone()).filter(|t| !t.is_empty());
-        let ns = if ctx.value.namespace.is_empty() { "default".to_string() } else { ctx.value.namespace.clone() };
+        let token = user
+            .map(|u| u.value.token.clone())
+            .filter(|t| !t.is_empty());
+        let ns = if ctx.value.namespace.is_empty() {
+            "default".to_string()
+        } else {
+            ctx.value.namespace.clone()
+        };
         Ok(Self {
-            transport: Transport::Https { host, port, tls: Arc::new(tls_config(&ca)?), token },
+            transport: Transport::Https {
+                host,
+                port,
+                tls: Arc::new(tls_config(&ca)?),
+                token,
+            },
             namespace: ns,
         })
     }
@@ -156,17 +191,29 @@ impl ApiClient {
     async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<Incoming>, ClientError> {
         match &self.transport {
             Transport::Unix(p) => {
-                let s = tokio::net::UnixStream::connect(p)
-                    .await
-                    .map_err(|source| ClientError::Connect { target: p.display().to_string(), source })?;
+                let s = tokio::net::UnixStream::connect(p).await.map_err(|source| {
+                    ClientError::Connect {
+                        target: p.display().to_string(),
+                        source,
+                    }
+                })?;
                 send_on(s, req).await
             }
-            Transport::Https { host, port, tls, token } => {
+            Transport::Https {
+                host,
+                port,
+                tls,
+                token,
+            } => {
                 let target = format!("{host}:{port}");
                 let tcp = tokio::net::TcpStream::connect((host.as_str(), *port))
                     .await
-                    .map_err(|source| ClientError::Connect { target: target.clone(), source })?;
-                let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| ClientError::Tls(e.to_string()))?;
+                    .map_err(|source| ClientError::Connect {
+                        target: target.clone(),
+                        source,
+                    })?;
+                let name = rustls::pki_types::ServerName::try_from(host.clone())
+                    .map_err(|e| ClientError::Tls(e.to_string()))?;
                 let s = tokio_rustls::TlsConnector::from(tls.clone())
                     .connect(name, tcp)
                     .await
@@ -182,8 +229,17 @@ impl ApiClient {
         }
     }
 
-    fn build(method: &str, path: &str, content_type: Option<&str>, accept: Option<&str>, body: Vec<u8>) -> Result<Request<Full<Bytes>>, ClientError> {
-        let mut b = Request::builder().method(method).uri(path).header(hyper::header::HOST, "localhost");
+    fn build(
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        accept: Option<&str>,
+        body: Vec<u8>,
+    ) -> Result<Request<Full<Bytes>>, ClientError> {
+        let mut b = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, "localhost");
         if let Some(ct) = content_type {
             b = b.header(hyper::header::CONTENT_TYPE, ct);
         }
@@ -192,16 +248,41 @@ impl ApiClient {
     }
 
     /// One request, body read in full.
-    pub async fn request(&self, method: &str, path: &str, content_type: Option<&str>, body: Vec<u8>) -> Result<FullResponse, ClientError> {
-        self.request_accept(method, path, content_type, None, body).await
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> Result<FullResponse, ClientError> {
+        self.request_accept(method, path, content_type, None, body)
+            .await
     }
 
-    pub async fn request_accept(&self, method: &str, path: &str, content_type: Option<&str>, accept: Option<&str>, body: Vec<u8>) -> Result<FullResponse, ClientError> {
-        let resp = self.send(Self::build(method, path, content_type, accept, body)?).await?;
+    pub async fn request_accept(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        accept: Option<&str>,
+        body: Vec<u8>,
+    ) -> Result<FullResponse, ClientError> {
+        let resp = self
+            .send(Self::build(method, path, content_type, accept, body)?)
+            .await?;
         let status = resp.status().as_u16();
-        let content_type = resp.headers().get(hyper::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let content_type = resp
+            .headers()
+            .get(hyper::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
         let body = resp.into_body().collect().await?.to_bytes();
-        Ok(FullResponse { status, content_type, body })
+        Ok(FullResponse {
+            status,
+            content_type,
+            body,
+        })
     }
 
     pub async fn get_json(&self, path: &str) -> Result<FullResponse, ClientError> {
@@ -209,10 +290,22 @@ impl ApiClient {
     }
 
     /// A streaming GET (watch, log follow): returns the status and a line reader.
-    pub async fn stream(&self, path: &str, accept: Option<&str>) -> Result<(u16, LineStream), ClientError> {
-        let resp = self.send(Self::build("GET", path, None, accept, Vec::new())?).await?;
+    pub async fn stream(
+        &self,
+        path: &str,
+        accept: Option<&str>,
+    ) -> Result<(u16, LineStream), ClientError> {
+        let resp = self
+            .send(Self::build("GET", path, None, accept, Vec::new())?)
+            .await?;
         let status = resp.status().as_u16();
-        Ok((status, LineStream { body: resp.into_body(), buf: Vec::new() }))
+        Ok((
+            status,
+            LineStream {
+                body: resp.into_body(),
+                buf: Vec::new(),
+            },
+        ))
     }
 }
 

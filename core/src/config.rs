@@ -20,7 +20,9 @@ pub struct Paths {
 
 impl Paths {
     pub fn new(data_dir: impl AsRef<Path>) -> Self {
-        Self { data_dir: data_dir.as_ref().to_path_buf() }
+        Self {
+            data_dir: data_dir.as_ref().to_path_buf(),
+        }
     }
     pub fn socket(&self) -> PathBuf {
         self.data_dir.join("apiserver.sock")
@@ -59,14 +61,23 @@ pub struct Cidr {
 
 impl Cidr {
     pub fn parse(s: &str) -> Result<Self, String> {
-        let (a, p) = s.split_once('/').ok_or_else(|| format!("{s:?} is not a CIDR (want a.b.c.d/n)"))?;
-        let addr: Ipv4Addr = a.parse().map_err(|_| format!("{a:?} is not an IPv4 address"))?;
-        let prefix: u8 = p.parse().map_err(|_| format!("{p:?} is not a prefix length"))?;
+        let (a, p) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not a CIDR (want a.b.c.d/n)"))?;
+        let addr: Ipv4Addr = a
+            .parse()
+            .map_err(|_| format!("{a:?} is not an IPv4 address"))?;
+        let prefix: u8 = p
+            .parse()
+            .map_err(|_| format!("{p:?} is not a prefix length"))?;
         if prefix > 32 {
             return Err(format!("prefix length {prefix} is over 32"));
         }
         let mask = Self::mask_of(prefix);
-        Ok(Self { addr: Ipv4Addr::from(u32::from(addr) & mask), prefix })
+        Ok(Self {
+            addr: Ipv4Addr::from(u32::from(addr) & mask),
+            prefix,
+        })
     }
     fn mask_of(prefix: u8) -> u32 {
         if prefix == 0 {
@@ -107,7 +118,10 @@ mod tests {
         assert_eq!(c.nth(10), Some(Ipv4Addr::new(10, 96, 0, 10)));
         assert!(c.contains(Ipv4Addr::new(10, 111, 255, 255)));
         assert!(!c.contains(Ipv4Addr::new(10, 112, 0, 0)));
-        assert_eq!(Cidr::parse("10.244.3.4/16").unwrap().to_string(), "10.244.0.0/16");
+        assert_eq!(
+            Cidr::parse("10.244.3.4/16").unwrap().to_string(),
+            "10.244.0.0/16"
+        );
         assert!(Cidr::parse("10.0.0.0/33").is_err());
         assert!(Cidr::parse("nope").is_err());
     }

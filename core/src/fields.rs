@@ -38,7 +38,9 @@ impl FieldSelector {
             } else if let Some((f, v)) = term.split_once('=') {
                 (f, v, true)
             } else {
-                return Err(FieldSelectorError(format!("invalid selector: '{s}'; can't understand '{term}'")));
+                return Err(FieldSelectorError(format!(
+                    "invalid selector: '{s}'; can't understand '{term}'"
+                )));
             };
             requirements.push(FieldRequirement {
                 field: field.trim().to_string(),
@@ -59,7 +61,9 @@ impl FieldSelector {
         for r in &self.requirements {
             let f = r.field.as_str();
             if f != "metadata.name" && f != "metadata.namespace" && !supported.contains(&f) {
-                return Err(FieldSelectorError(format!("field label not supported: {f}")));
+                return Err(FieldSelectorError(format!(
+                    "field label not supported: {f}"
+                )));
             }
         }
         Ok(())
@@ -67,7 +71,9 @@ impl FieldSelector {
 
     pub fn matches(&self, obj: &Value) -> bool {
         self.requirements.iter().all(|r| {
-            let actual = json::path(obj, &r.field).and_then(json::scalar_string).unwrap_or_default();
+            let actual = json::path(obj, &r.field)
+                .and_then(json::scalar_string)
+                .unwrap_or_default();
             (actual == r.value) == r.equal
         })
     }
@@ -133,8 +139,12 @@ mod tests {
         let running = json!({"metadata": {"name": "a"}, "status": {"phase": "Running"}});
         assert!(!fs.matches(&running));
         // A missing field compares as the empty string.
-        assert!(FieldSelector::parse("spec.nodeName=").unwrap().matches(&pod));
-        assert!(!FieldSelector::parse("spec.nodeName=n1").unwrap().matches(&pod));
+        assert!(FieldSelector::parse("spec.nodeName=")
+            .unwrap()
+            .matches(&pod));
+        assert!(!FieldSelector::parse("spec.nodeName=n1")
+            .unwrap()
+            .matches(&pod));
     }
 
     #[test]

@@ -42,8 +42,12 @@ impl Requirement {
             Op::NotIn(set) => !v.is_some_and(|v| set.contains(v)),
             Op::Exists => v.is_some(),
             Op::DoesNotExist => v.is_none(),
-            Op::Gt(n) => v.and_then(|v| v.parse::<i64>().ok()).is_some_and(|x| x > *n),
-            Op::Lt(n) => v.and_then(|v| v.parse::<i64>().ok()).is_some_and(|x| x < *n),
+            Op::Gt(n) => v
+                .and_then(|v| v.parse::<i64>().ok())
+                .is_some_and(|x| x > *n),
+            Op::Lt(n) => v
+                .and_then(|v| v.parse::<i64>().ok())
+                .is_some_and(|x| x < *n),
         }
     }
 }
@@ -77,7 +81,10 @@ impl Selector {
 
     /// Parses the string form (`a=b,c!=d,e in (x,y),!f,g`).
     pub fn parse(s: &str) -> Result<Self, SelectorError> {
-        let mut p = Parser { s: s.as_bytes(), i: 0 };
+        let mut p = Parser {
+            s: s.as_bytes(),
+            i: 0,
+        };
         let mut requirements = Vec::new();
         p.skip_ws();
         if p.at_end() {
@@ -105,7 +112,10 @@ impl Selector {
         for (k, v) in ls.match_labels.iter().flatten() {
             check_key(k)?;
             check_value(v)?;
-            requirements.push(Requirement { key: k.clone(), op: Op::Eq(v.clone()) });
+            requirements.push(Requirement {
+                key: k.clone(),
+                op: Op::Eq(v.clone()),
+            });
         }
         for e in ls.match_expressions.iter().flatten() {
             check_key(&e.key)?;
@@ -141,10 +151,15 @@ impl Selector {
                     }
                 }
                 other => {
-                    return Err(SelectorError(format!("{other:?} is not a valid label selector operator")))
+                    return Err(SelectorError(format!(
+                        "{other:?} is not a valid label selector operator"
+                    )))
                 }
             };
-            requirements.push(Requirement { key: e.key.clone(), op });
+            requirements.push(Requirement {
+                key: e.key.clone(),
+                op,
+            });
         }
         Ok(Self { requirements })
     }
@@ -222,7 +237,9 @@ impl Parser<'_> {
         let start = self.i;
         while self.i < self.s.len() {
             let c = self.s[self.i];
-            if c.is_ascii_whitespace() || matches!(c, b',' | b'=' | b'!' | b'(' | b')' | b'<' | b'>') {
+            if c.is_ascii_whitespace()
+                || matches!(c, b',' | b'=' | b'!' | b'(' | b')' | b'<' | b'>')
+            {
                 break;
             }
             self.i += 1;
@@ -235,7 +252,10 @@ impl Parser<'_> {
             self.skip_ws();
             let key = self.token();
             check_key(&key)?;
-            return Ok(Requirement { key, op: Op::DoesNotExist });
+            return Ok(Requirement {
+                key,
+                op: Op::DoesNotExist,
+            });
         }
         let key = self.token();
         if key.is_empty() {
@@ -247,7 +267,10 @@ impl Parser<'_> {
         check_key(&key)?;
         self.skip_ws();
         if self.at_end() || self.s[self.i] == b',' {
-            return Ok(Requirement { key, op: Op::Exists });
+            return Ok(Requirement {
+                key,
+                op: Op::Exists,
+            });
         }
         let op = if self.eat_str("==") || self.eat_str("=") {
             self.skip_ws();
@@ -263,9 +286,11 @@ impl Parser<'_> {
             let gt = self.s[self.i - 1] == b'>';
             self.skip_ws();
             let v = self.token();
-            let n: i64 = v
-                .parse()
-                .map_err(|_| SelectorError(format!("for 'Gt', 'Lt' operators, the value must be an integer: {v:?}")))?;
+            let n: i64 = v.parse().map_err(|_| {
+                SelectorError(format!(
+                    "for 'Gt', 'Lt' operators, the value must be an integer: {v:?}"
+                ))
+            })?;
             if gt {
                 Op::Gt(n)
             } else {
@@ -284,7 +309,10 @@ impl Parser<'_> {
             };
             self.skip_ws();
             if !self.eat(b'(') {
-                return Err(SelectorError(format!("found '{}', expected: '('", self.rest())));
+                return Err(SelectorError(format!(
+                    "found '{}', expected: '('",
+                    self.rest()
+                )));
             }
             let mut vals = Vec::new();
             loop {
@@ -302,10 +330,15 @@ impl Parser<'_> {
                 if self.eat(b')') {
                     break;
                 }
-                return Err(SelectorError(format!("found '{}', expected: ',' or ')'", self.rest())));
+                return Err(SelectorError(format!(
+                    "found '{}', expected: ',' or ')'",
+                    self.rest()
+                )));
             }
             if vals.is_empty() {
-                return Err(SelectorError("for 'in', 'notin' operators, values set can't be empty".into()));
+                return Err(SelectorError(
+                    "for 'in', 'notin' operators, values set can't be empty".into(),
+                ));
             }
             if notin {
                 Op::NotIn(vals)
@@ -323,14 +356,27 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn parses_every_operator() {
-        let s = Selector::parse("a=1,b==2,c!=3,d in (x, y),e notin (z),f,!g,h>5,i<7").unwrap_or_default();
+        let s = Selector::parse("a=1,b==2,c!=3,d in (x, y),e notin (z),f,!g,h>5,i<7")
+            .unwrap_or_default();
         assert_eq!(s.requirements.len(), 9);
-        let l = labels(&[("a", "1"), ("b", "2"), ("c", "4"), ("d", "y"), ("e", "q"), ("f", ""), ("h", "6"), ("i", "3")]);
+        let l = labels(&[
+            ("a", "1"),
+            ("b", "2"),
+            ("c", "4"),
+            ("d", "y"),
+            ("e", "q"),
+            ("f", ""),
+            ("h", "6"),
+            ("i", "3"),
+        ]);
         assert!(s.matches(&l));
         let mut l2 = l.clone();
         l2.insert("g".into(), "x".into());
@@ -347,7 +393,9 @@ mod tests {
 
     #[test]
     fn empty_selector_matches_everything() {
-        assert!(Selector::parse("").unwrap_or_default().matches(&labels(&[("a", "b")])));
+        assert!(Selector::parse("")
+            .unwrap_or_default()
+            .matches(&labels(&[("a", "b")])));
         assert!(Selector::parse("  ").is_ok_and(|s| s.is_empty()));
     }
 
@@ -366,8 +414,16 @@ mod tests {
         let ls = LabelSelector {
             match_labels: Some([("app".to_string(), "web".to_string())].into()),
             match_expressions: Some(vec![
-                LabelSelectorRequirement { key: "tier".into(), operator: "In".into(), values: Some(vec!["a".into(), "b".into()]) },
-                LabelSelectorRequirement { key: "x".into(), operator: "DoesNotExist".into(), values: None },
+                LabelSelectorRequirement {
+                    key: "tier".into(),
+                    operator: "In".into(),
+                    values: Some(vec!["a".into(), "b".into()]),
+                },
+                LabelSelectorRequirement {
+                    key: "x".into(),
+                    operator: "DoesNotExist".into(),
+                    values: None,
+                },
             ]),
         };
         let s = Selector::from_label_selector(&ls).unwrap_or_default();
@@ -375,12 +431,20 @@ mod tests {
         assert!(!s.matches(&labels(&[("app", "web"), ("tier", "b"), ("x", "1")])));
         assert!(!s.matches(&labels(&[("app", "web")])));
         let bad = LabelSelector {
-            match_expressions: Some(vec![LabelSelectorRequirement { key: "a".into(), operator: "In".into(), values: None }]),
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "a".into(),
+                operator: "In".into(),
+                values: None,
+            }]),
             ..Default::default()
         };
         assert!(Selector::from_label_selector(&bad).is_err());
         let bad_op = LabelSelector {
-            match_expressions: Some(vec![LabelSelectorRequirement { key: "a".into(), operator: "Is".into(), values: None }]),
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "a".into(),
+                operator: "Is".into(),
+                values: None,
+            }]),
             ..Default::default()
         };
         assert!(Selector::from_label_selector(&bad_op).is_err());

@@ -23,19 +23,34 @@ impl Cause {
         }
     }
     pub fn required(field: impl Into<String>, detail: &str) -> Self {
-        let detail = if detail.is_empty() { String::new() } else { format!(": {detail}") };
-        Self { reason: "FieldValueRequired", field: field.into(), message: format!("Required value{detail}") }
+        let detail = if detail.is_empty() {
+            String::new()
+        } else {
+            format!(": {detail}")
+        };
+        Self {
+            reason: "FieldValueRequired",
+            field: field.into(),
+            message: format!("Required value{detail}"),
+        }
     }
     pub fn not_supported(field: impl Into<String>, value: &str, supported: &[&str]) -> Self {
         let list: Vec<String> = supported.iter().map(|s| format!("{s:?}")).collect();
         Self {
             reason: "FieldValueNotSupported",
             field: field.into(),
-            message: format!("Unsupported value: {value:?}: supported values: {}", list.join(", ")),
+            message: format!(
+                "Unsupported value: {value:?}: supported values: {}",
+                list.join(", ")
+            ),
         }
     }
     pub fn duplicate(field: impl Into<String>, value: &str) -> Self {
-        Self { reason: "FieldValueDuplicate", field: field.into(), message: format!("Duplicate value: {value:?}") }
+        Self {
+            reason: "FieldValueDuplicate",
+            field: field.into(),
+            message: format!("Duplicate value: {value:?}"),
+        }
     }
     pub fn too_long(field: impl Into<String>, max: usize) -> Self {
         Self {
@@ -45,7 +60,11 @@ impl Cause {
         }
     }
     pub fn forbidden(field: impl Into<String>, detail: &str) -> Self {
-        Self { reason: "FieldValueForbidden", field: field.into(), message: format!("Forbidden: {detail}") }
+        Self {
+            reason: "FieldValueForbidden",
+            field: field.into(),
+            message: format!("Forbidden: {detail}"),
+        }
     }
 }
 
@@ -104,7 +123,8 @@ fn name_part_ok(s: &str) -> bool {
         && b.len() <= 63
         && b[0].is_ascii_alphanumeric()
         && b[b.len() - 1].is_ascii_alphanumeric()
-        && b.iter().all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        && b.iter()
+            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
 }
 
 /// A qualified name (label and annotation keys): `[prefix/]name`.
@@ -152,7 +172,10 @@ pub fn is_config_map_key(s: &str) -> Result<(), String> {
     if s.is_empty() || s.len() > 253 {
         return Err("must be between 1 and 253 characters".into());
     }
-    if !s.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.')) {
+    if !s
+        .bytes()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+    {
         return Err("a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')".into());
     }
     if s == "." || s == ".." || s.starts_with("..") {
@@ -208,7 +231,12 @@ pub fn check_name(rule: NameRule, name: &str) -> Result<(), String> {
         NameRule::Dns1123Label => is_dns1123_label(name),
         NameRule::Dns1035Label => is_dns1035_label(name),
         NameRule::PathSegment => {
-            if name == "." || name == ".." || name.contains('/') || name.contains('%') || name.is_empty() {
+            if name == "."
+                || name == ".."
+                || name.contains('/')
+                || name.contains('%')
+                || name.is_empty()
+            {
                 Err("may not be '.' or '..' and may not contain '/' or '%'".into())
             } else {
                 Ok(())
@@ -264,11 +292,18 @@ mod tests {
 
     #[test]
     fn metadata_maps() {
-        let labels: BTreeMap<String, String> = [("ok".to_string(), "x".to_string()), ("bad key".to_string(), "y".to_string())].into();
+        let labels: BTreeMap<String, String> = [
+            ("ok".to_string(), "x".to_string()),
+            ("bad key".to_string(), "y".to_string()),
+        ]
+        .into();
         let causes = validate_labels(Some(&labels), "metadata.labels");
         assert_eq!(causes.len(), 1);
         assert_eq!(causes[0].field, "metadata.labels");
         let big: BTreeMap<String, String> = [("a".to_string(), "x".repeat(300 * 1024))].into();
-        assert_eq!(validate_annotations(Some(&big), "metadata.annotations").len(), 1);
+        assert_eq!(
+            validate_annotations(Some(&big), "metadata.annotations").len(),
+            1
+        );
     }
 }
