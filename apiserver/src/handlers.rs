@@ -604,7 +604,11 @@ async fn create(
         }
         m.insert("uid".into(), json!(new_uid()));
         m.insert("creationTimestamp".into(), json!(now_rfc3339()));
-        m.insert("generation".into(), json!(1));
+        if registry::has_generation(kind.kind) {
+            m.insert("generation".into(), json!(1));
+        } else {
+            m.remove("generation");
+        }
     }
     if let Some(s) = registry::initial_status(kind.kind) {
         obj["status"] = s;
@@ -790,7 +794,7 @@ fn decide_update(
         m.insert("resourceVersion".into(), json!(rv_of(&cur)));
     }
     registry::apply_defaults(kind.kind, &mut result);
-    if body_of(&result) != body_of(&cur) {
+    if registry::has_generation(kind.kind) && body_of(&result) != body_of(&cur) {
         let g = cur["metadata"]["generation"].as_i64().unwrap_or(1);
         meta_mut(&mut result).insert("generation".into(), json!(g + 1));
     }
