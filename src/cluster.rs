@@ -53,8 +53,18 @@ fn bin_dir() -> Result<PathBuf> {
     Ok(exe.parent().map(Path::to_path_buf).unwrap_or_default())
 }
 
+/// Whether a process is running (a zombie, exited but not yet reaped, is not).
 fn pid_alive(pid: i32) -> bool {
-    pid > 0 && kill(Pid::from_raw(pid), None).is_ok()
+    if pid <= 0 || kill(Pid::from_raw(pid), None).is_err() {
+        return false;
+    }
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_none_or(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
 }
 
 fn read_pid(path: &Path) -> Option<i32> {
@@ -67,20 +77,38 @@ async fn api_ready(socket: &Path) -> bool {
 }
 
 /// Runs one daemon until shutdown, restarting it with exponential backoff when it exits.
-async fn supervise(d: Daemon, paths: Paths, state: Arc<Mutex<BTreeMap<&'static str, DaemonState>>>, mut stop: watch::Receiver<bool>) {
+async fn supervise(
+    d: Daemon,
+    paths: Paths,
+    state: Arc<Mutex<BTreeMap<&'static str, DaemonState>>>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut backoff = Duration::from_millis(500);
     loop {
-        let log = fs::OpenOptions::new().create(true).append(true).open(paths.logs().join(format!("{}.log", d.name)));
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(paths.logs().join(format!("{}.log", d.name)));
         let (out, err) = match log.and_then(|f| Ok((f.try_clone()?, f))) {
             Ok((a, b)) => (Stdio::from(a), Stdio::from(b)),
             Err(_) => (Stdio::null(), Stdio::null()),
         };
         let started = Instant::now();
-        let child = tokio::process::Command::new(&d.program).args(&d.args).stdin(Stdio::null()).stdout(out).stderr(err).kill_on_drop(false).spawn();
+        let child = tokio::process::Command::new(&d.program)
+            .args(&d.args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .kill_on_drop(false)
+            .spawn();
         let mut child = match child {
             Ok(c) => c,
             Err(e) => {
-                eprintln!("skiff: cannot start {} ({}): {e}", d.name, d.program.display());
+                eprintln!(
+                    "skiff: cannot start {} ({}): {e}",
+                    d.name,
+                    d.program.display()
+                );
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = stop.changed() => return,
@@ -109,7 +137,10 @@ async fn supervise(d: Daemon, paths: Paths, state: Arc<Mutex<BTreeMap<&'static s
                 if let Some(p) = pid {
                     let _ = kill(Pid::from_raw(p as i32), Signal::SIGTERM);
                 }
-                if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
+                if tokio::time::timeout(Duration::from_secs(10), child.wait())
+                    .await
+                    .is_err()
+                {
                     let _ = child.kill().await;
                 }
                 let _ = fs::remove_file(paths.run().join(format!("{}.pid", d.name)));
@@ -120,7 +151,12 @@ async fn supervise(d: Daemon, paths: Paths, state: Arc<Mutex<BTreeMap<&'static s
                 let e = st.entry(d.name).or_default();
                 e.running = false;
                 e.restarts += 1;
-                eprintln!("skiff: {} exited ({}); restarting in {:?}", d.name, s.map(|s| s.to_string()).unwrap_or_default(), backoff);
+                eprintln!(
+                    "skiff: {} exited ({}); restarting in {:?}",
+                    d.name,
+                    s.map(|s| s.to_string()).unwrap_or_default(),
+                    backoff
+                );
             }
         }
         if started.elapsed() > Duration::from_secs(60) {
@@ -147,25 +183,41 @@ pub async fn up(data_dir: &Path, a: &UpArgs) -> Result<u8> {
     fs::create_dir_all(paths.run())?;
     if let Some(pid) = read_pid(&paths.up_pid()) {
         if pid_alive(pid) && pid != std::process::id() as i32 {
-            bail!("a cluster is already running from {} (pid {pid}); stop it with `skiff down`", data_dir.display());
+            bail!(
+                "a cluster is already running from {} (pid {pid}); stop it with `skiff down`",
+                data_dir.display()
+            );
         }
     }
     fs::write(paths.up_pid(), std::process::id().to_string())?;
     let cfg = json!({"podCIDR": pod.to_string(), "serviceCIDR": svc.to_string(), "clusterDomain": a.cluster_domain, "apiPort": a.api_port, "bridge": a.bridge});
-    fs::write(data_dir.join("config.json"), serde_json::to_vec_pretty(&cfg)?)?;
+    fs::write(
+        data_dir.join("config.json"),
+        serde_json::to_vec_pretty(&cfg)?,
+    )?;
 
     let bins = bin_dir()?;
     let daemons = vec![Daemon {
         name: "apiserver",
         program: bins.join("skiff-apiserver"),
-        args: vec!["--data-dir".into(), data_dir.display().to_string(), "--api-port".into(), a.api_port.to_string()],
+        args: vec![
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--api-port".into(),
+            a.api_port.to_string(),
+        ],
     }];
     let names: Vec<&'static str> = daemons.iter().map(|d| d.name).collect();
     let state = Arc::new(Mutex::new(BTreeMap::new()));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     for d in daemons {
-        tasks.push(tokio::spawn(supervise(d, paths.clone(), state.clone(), stop_rx.clone())));
+        tasks.push(tokio::spawn(supervise(
+            d,
+            paths.clone(),
+            state.clone(),
+            stop_rx.clone(),
+        )));
     }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -179,11 +231,17 @@ pub async fn up(data_dir: &Path, a: &UpArgs) -> Result<u8> {
             println!("skiff is ready in {:.1}s", started.elapsed().as_secs_f64());
             println!("  kubeconfig: {}", paths.kubeconfig().display());
             println!("  socket:     {}", paths.socket().display());
-            println!("  try: kubectl --kubeconfig {} get nodes,ns", paths.kubeconfig().display());
+            println!(
+                "  try: kubectl --kubeconfig {} get nodes,ns",
+                paths.kubeconfig().display()
+            );
             last_health = Instant::now() - Duration::from_secs(10);
         }
         if !ready && started.elapsed() > Duration::from_secs(60) {
-            eprintln!("skiff: the API server did not become ready within 60s; see {}", paths.logs().join("apiserver.log").display());
+            eprintln!(
+                "skiff: the API server did not become ready within 60s; see {}",
+                paths.logs().join("apiserver.log").display()
+            );
         }
         if last_health.elapsed() >= Duration::from_secs(2) {
             last_health = Instant::now();
@@ -192,7 +250,18 @@ pub async fn up(data_dir: &Path, a: &UpArgs) -> Result<u8> {
             for n in &names {
                 let s = st.get(n).cloned().unwrap_or_default();
                 let healthy = s.running && (*n != "apiserver" || api_ok);
-                text.push_str(&format!("{n} {} {} {}\n", s.pid.unwrap_or(0), if healthy { "healthy" } else if s.running { "starting" } else { "restarting" }, s.restarts));
+                text.push_str(&format!(
+                    "{n} {} {} {}\n",
+                    s.pid.unwrap_or(0),
+                    if healthy {
+                        "healthy"
+                    } else if s.running {
+                        "starting"
+                    } else {
+                        "restarting"
+                    },
+                    s.restarts
+                ));
             }
             let _ = fs::write(paths.health(), text);
         }
@@ -231,13 +300,18 @@ pub async fn down(data_dir: &Path, purge: bool) -> Result<u8> {
     }
     if purge {
         // Only remove a directory that is recognisably a skiff data directory.
-        let looks_like_ours = paths.db().exists() || paths.pki().exists() || data_dir.join("config.json").exists();
+        let looks_like_ours =
+            paths.db().exists() || paths.pki().exists() || data_dir.join("config.json").exists();
         if data_dir.parent().is_none() || !looks_like_ours {
             if data_dir.exists() {
-                bail!("{} does not look like a skiff data directory; not removing it", data_dir.display());
+                bail!(
+                    "{} does not look like a skiff data directory; not removing it",
+                    data_dir.display()
+                );
             }
         } else {
-            fs::remove_dir_all(data_dir).with_context(|| format!("removing {}", data_dir.display()))?;
+            fs::remove_dir_all(data_dir)
+                .with_context(|| format!("removing {}", data_dir.display()))?;
             println!("skiff: removed {}", data_dir.display());
         }
     }
@@ -250,14 +324,21 @@ pub async fn status(data_dir: &Path) -> Result<u8> {
         println!("skiff: not running (data dir {})", data_dir.display());
         return Ok(1);
     };
-    println!("skiff up: running (pid {pid}), data dir {}", data_dir.display());
+    println!(
+        "skiff up: running (pid {pid}), data dir {}",
+        data_dir.display()
+    );
     let api = api_ready(&paths.socket()).await;
     println!("{:<12} {:<8} {:<11} RESTARTS", "DAEMON", "PID", "STATUS");
     let health = fs::read_to_string(paths.health()).unwrap_or_default();
     for line in health.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
         if f.len() == 4 {
-            let st = if f[0] == "apiserver" && !api { "unhealthy" } else { f[2] };
+            let st = if f[0] == "apiserver" && !api {
+                "unhealthy"
+            } else {
+                f[2]
+            };
             println!("{:<12} {:<8} {:<11} {}", f[0], f[1], st, f[3]);
         }
     }

@@ -28,8 +28,12 @@ pub struct GetOpts {
 
 pub fn parse_duration(s: &str) -> Result<Duration> {
     let s = s.trim();
-    let (num, unit) = s.find(|c: char| !c.is_ascii_digit() && c != '.').map_or((s, "s"), |i| s.split_at(i));
-    let n: f64 = num.parse().with_context(|| format!("invalid duration {s:?}"))?;
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map_or((s, "s"), |i| s.split_at(i));
+    let n: f64 = num
+        .parse()
+        .with_context(|| format!("invalid duration {s:?}"))?;
     let secs = match unit {
         "ms" => n / 1000.0,
         "s" | "" => n,
@@ -44,7 +48,10 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
 fn server_error(r: &FullResponse) -> String {
     let v = r.json();
     let reason = v["reason"].as_str().unwrap_or("");
-    let msg = v["message"].as_str().map(String::from).unwrap_or_else(|| String::from_utf8_lossy(&r.body).into_owned());
+    let msg = v["message"]
+        .as_str()
+        .map(String::from)
+        .unwrap_or_else(|| String::from_utf8_lossy(&r.body).into_owned());
     if reason.is_empty() {
         format!("Error from server: {msg}")
     } else {
@@ -71,7 +78,9 @@ fn query(sel: Option<&str>, fsel: Option<&str>) -> String {
 fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -90,22 +99,39 @@ pub fn load_manifests(files: &[String]) -> Result<Vec<Value>> {
         } else {
             let p = Path::new(f);
             if p.is_dir() {
-                let mut entries: Vec<_> = std::fs::read_dir(p)?.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))).collect();
+                let mut entries: Vec<_> = std::fs::read_dir(p)?
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.path())
+                    .filter(|p| {
+                        matches!(
+                            p.extension().and_then(|e| e.to_str()),
+                            Some("yaml" | "yml" | "json")
+                        )
+                    })
+                    .collect();
                 entries.sort();
                 for e in entries {
                     texts.push((e.display().to_string(), std::fs::read_to_string(&e)?));
                 }
             } else {
-                texts.push((f.clone(), std::fs::read_to_string(p).with_context(|| format!("reading {f}"))?));
+                texts.push((
+                    f.clone(),
+                    std::fs::read_to_string(p).with_context(|| format!("reading {f}"))?,
+                ));
             }
         }
         for (name, text) in texts {
             for doc in serde_yaml::Deserializer::from_str(&text) {
-                let v: Value = serde::Deserialize::deserialize(doc).with_context(|| format!("parsing {name}"))?;
+                let v: Value = serde::Deserialize::deserialize(doc)
+                    .with_context(|| format!("parsing {name}"))?;
                 if v.is_null() {
                     continue;
                 }
-                if v["kind"].as_str().is_some_and(|k| k == "List" || k.ends_with("List")) && v["items"].is_array() {
+                if v["kind"]
+                    .as_str()
+                    .is_some_and(|k| k == "List" || k.ends_with("List"))
+                    && v["items"].is_array()
+                {
                     out.extend(v["items"].as_array().cloned().unwrap_or_default());
                 } else {
                     out.push(v);
@@ -116,7 +142,12 @@ pub fn load_manifests(files: &[String]) -> Result<Vec<Value>> {
     Ok(out)
 }
 
-fn object_namespace(c: &ApiClient, r: &Resource, obj: &Value, scope: &Scope) -> Result<Option<String>> {
+fn object_namespace(
+    c: &ApiClient,
+    r: &Resource,
+    obj: &Value,
+    scope: &Scope,
+) -> Result<Option<String>> {
     if !r.namespaced {
         return Ok(None);
     }
@@ -127,7 +158,11 @@ fn object_namespace(c: &ApiClient, r: &Resource, obj: &Value, scope: &Scope) -> 
         }
         return Ok(Some(flag.clone()));
     }
-    Ok(Some(if in_obj.is_empty() { c.namespace.clone() } else { in_obj.to_string() }))
+    Ok(Some(if in_obj.is_empty() {
+        c.namespace.clone()
+    } else {
+        in_obj.to_string()
+    }))
 }
 
 /// A merge patch that removes what the last applied configuration had and this one drops.
@@ -137,7 +172,11 @@ fn removals(last: &Value, new: &Value, out: &mut Value) {
             match n.get(k) {
                 None => out[k] = Value::Null,
                 Some(nv) if lv.is_object() && nv.is_object() => {
-                    let mut sub = out.get(k).cloned().filter(Value::is_object).unwrap_or_else(|| json!({}));
+                    let mut sub = out
+                        .get(k)
+                        .cloned()
+                        .filter(Value::is_object)
+                        .unwrap_or_else(|| json!({}));
                     removals(lv, nv, &mut sub);
                     out[k] = sub;
                 }
@@ -147,10 +186,19 @@ fn removals(last: &Value, new: &Value, out: &mut Value) {
     }
 }
 
-pub async fn apply(c: &ApiClient, files: &[String], scope: &Scope, output: Option<&str>, create_only: bool) -> Result<u8> {
+pub async fn apply(
+    c: &ApiClient,
+    files: &[String],
+    scope: &Scope,
+    output: Option<&str>,
+    create_only: bool,
+) -> Result<u8> {
     let objs = load_manifests(files)?;
     if objs.is_empty() {
-        bail!("no objects passed to {}", if create_only { "create" } else { "apply" });
+        bail!(
+            "no objects passed to {}",
+            if create_only { "create" } else { "apply" }
+        );
     }
     let cat = Catalog::load(c).await?;
     let mut code = 0;
@@ -177,25 +225,51 @@ pub async fn apply(c: &ApiClient, files: &[String], scope: &Scope, output: Optio
         }
         let manifest = obj.clone();
         if !create_only {
-            obj["metadata"]["annotations"][LAST_APPLIED] = json!(format!("{}\n", serde_json::to_string(&manifest)?));
+            obj["metadata"]["annotations"][LAST_APPLIED] =
+                json!(format!("{}\n", serde_json::to_string(&manifest)?));
         }
         let body = serde_json::to_vec(&obj)?;
-        let current = if create_only { None } else { Some(c.get_json(&r.item(ns.as_deref(), &name)).await?) };
+        let current = if create_only {
+            None
+        } else {
+            Some(c.get_json(&r.item(ns.as_deref(), &name)).await?)
+        };
         let (verb, resp) = match current {
             Some(cur) if cur.status == 200 => {
                 let live = cur.json();
                 let mut patch = obj.clone();
-                if let Some(last) = path(&live, "metadata.annotations").and_then(|a| a.get(LAST_APPLIED)).and_then(Value::as_str) {
+                if let Some(last) = path(&live, "metadata.annotations")
+                    .and_then(|a| a.get(LAST_APPLIED))
+                    .and_then(Value::as_str)
+                {
                     if let Ok(last) = serde_json::from_str::<Value>(last) {
                         removals(&last, &manifest, &mut patch);
                     }
                 }
-                let resp = c.request("PATCH", &format!("{}?fieldValidation=Strict", r.item(ns.as_deref(), &name)), Some("application/strategic-merge-patch+json"), serde_json::to_vec(&patch)?).await?;
-                let changed = resp.status == 200 && str_at(&resp.json(), "metadata.resourceVersion") != str_at(&live, "metadata.resourceVersion");
+                let resp = c
+                    .request(
+                        "PATCH",
+                        &format!("{}?fieldValidation=Strict", r.item(ns.as_deref(), &name)),
+                        Some("application/strategic-merge-patch+json"),
+                        serde_json::to_vec(&patch)?,
+                    )
+                    .await?;
+                let changed = resp.status == 200
+                    && str_at(&resp.json(), "metadata.resourceVersion")
+                        != str_at(&live, "metadata.resourceVersion");
                 (if changed { "configured" } else { "unchanged" }, resp)
             }
             Some(cur) if cur.status != 404 => ("", cur),
-            _ => ("created", c.request("POST", &format!("{}?fieldValidation=Strict", r.collection(ns.as_deref())), Some("application/json"), body).await?),
+            _ => (
+                "created",
+                c.request(
+                    "POST",
+                    &format!("{}?fieldValidation=Strict", r.collection(ns.as_deref())),
+                    Some("application/json"),
+                    body,
+                )
+                .await?,
+            ),
         };
         if resp.status >= 300 {
             eprintln!("{}", server_error(&resp));
@@ -223,7 +297,10 @@ fn targets<'a>(cat: &'a Catalog, args: &[String]) -> Result<Vec<(&'a Resource, V
         for a in args {
             let (k, n) = a.split_once('/').ok_or_else(|| anyhow!("there is no need to specify a resource type as a separate argument when passing arguments in resource/name form"))?;
             let r = cat.resolve(k)?;
-            match out.iter_mut().find(|(x, _)| x.plural == r.plural && x.group == r.group) {
+            match out
+                .iter_mut()
+                .find(|(x, _)| x.plural == r.plural && x.group == r.group)
+            {
                 Some((_, names)) => names.push(n.to_string()),
                 None => out.push((r, vec![n.to_string()])),
             }
@@ -232,14 +309,28 @@ fn targets<'a>(cat: &'a Catalog, args: &[String]) -> Result<Vec<(&'a Resource, V
     }
     let kinds: Vec<&str> = args[0].split(',').collect();
     let names: Vec<String> = args[1..].to_vec();
-    kinds.iter().map(|k| Ok((cat.resolve(k)?, names.clone()))).collect()
+    let mut out = Vec::new();
+    for k in kinds {
+        let in_category = cat.category(k);
+        if !in_category.is_empty() && cat.resolve(k).is_err() {
+            out.extend(in_category.into_iter().map(|r| (r, names.clone())));
+        } else {
+            out.push((cat.resolve(k)?, names.clone()));
+        }
+    }
+    Ok(out)
 }
 
 fn scope_ns(c: &ApiClient, r: &Resource, scope: &Scope) -> Option<String> {
     if !r.namespaced || scope.all_namespaces {
         None
     } else {
-        Some(scope.namespace.clone().unwrap_or_else(|| c.namespace.clone()))
+        Some(
+            scope
+                .namespace
+                .clone()
+                .unwrap_or_else(|| c.namespace.clone()),
+        )
     }
 }
 
@@ -280,7 +371,12 @@ impl TableView {
             .filter(|(_, c)| wide || c["priority"].as_i64().unwrap_or(0) == 0)
             .map(|(i, c)| (i, c["name"].as_str().unwrap_or("").to_uppercase()))
             .collect();
-        Self { cols, all_ns, labels, prefix }
+        Self {
+            cols,
+            all_ns,
+            labels,
+            prefix,
+        }
     }
     fn header(&self) -> Vec<String> {
         let mut h = Vec::new();
@@ -309,8 +405,17 @@ impl TableView {
             out.push(cell);
         }
         if self.labels {
-            let l: Vec<String> = meta["labels"].as_object().into_iter().flatten().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect();
-            out.push(if l.is_empty() { "<none>".into() } else { l.join(",") });
+            let l: Vec<String> = meta["labels"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect();
+            out.push(if l.is_empty() {
+                "<none>".into()
+            } else {
+                l.join(",")
+            });
         }
         out
     }
@@ -329,7 +434,9 @@ pub async fn get(c: &ApiClient, args: &[String], scope: &Scope, o: &GetOpts) -> 
         let q = query(o.selector.as_deref(), o.field_selector.as_deref());
         if matches!(output, "yaml" | "json" | "name") {
             if names.is_empty() {
-                let resp = c.get_json(&format!("{}{q}", r.collection(ns.as_deref()))).await?;
+                let resp = c
+                    .get_json(&format!("{}{q}", r.collection(ns.as_deref())))
+                    .await?;
                 if resp.status != 200 {
                     eprintln!("{}", server_error(&resp));
                     code = 1;
@@ -357,9 +464,15 @@ pub async fn get(c: &ApiClient, args: &[String], scope: &Scope, o: &GetOpts) -> 
         let mut rows = Vec::new();
         let mut view = None;
         let mut list_rv = String::new();
-        let paths: Vec<String> = if names.is_empty() { vec![format!("{}{q}", r.collection(ns.as_deref()))] } else { names.iter().map(|n| r.item(ns.as_deref(), n)).collect() };
+        let paths: Vec<String> = if names.is_empty() {
+            vec![format!("{}{q}", r.collection(ns.as_deref()))]
+        } else {
+            names.iter().map(|n| r.item(ns.as_deref(), n)).collect()
+        };
         for p in paths {
-            let resp = c.request_accept("GET", &p, None, Some(TABLE_ACCEPT), Vec::new()).await?;
+            let resp = c
+                .request_accept("GET", &p, None, Some(TABLE_ACCEPT), Vec::new())
+                .await?;
             if resp.status != 200 {
                 eprintln!("{}", server_error(&resp));
                 code = 1;
@@ -367,7 +480,15 @@ pub async fn get(c: &ApiClient, args: &[String], scope: &Scope, o: &GetOpts) -> 
             }
             let tbl = resp.json();
             list_rv = str_at(&tbl, "metadata.resourceVersion").to_string();
-            let v = view.get_or_insert_with(|| TableView::new(&tbl, wide, scope.all_namespaces && r.namespaced, o.show_labels, multi.then(|| r.display())));
+            let v = view.get_or_insert_with(|| {
+                TableView::new(
+                    &tbl,
+                    wide,
+                    scope.all_namespaces && r.namespaced,
+                    o.show_labels,
+                    multi.then(|| r.display()),
+                )
+            });
             for row in tbl["rows"].as_array().into_iter().flatten() {
                 rows.push(v.row(row));
             }
@@ -386,7 +507,10 @@ pub async fn get(c: &ApiClient, args: &[String], scope: &Scope, o: &GetOpts) -> 
         if o.watch {
             let v = view.unwrap_or_else(|| TableView::new(&json!({}), wide, false, false, None));
             let sep = if q.is_empty() { "?" } else { "&" };
-            let wpath = format!("{}{q}{sep}watch=true&resourceVersion={list_rv}", r.collection(ns.as_deref()));
+            let wpath = format!(
+                "{}{q}{sep}watch=true&resourceVersion={list_rv}",
+                r.collection(ns.as_deref())
+            );
             let (status, mut lines) = c.stream(&wpath, Some(TABLE_ACCEPT)).await?;
             if status != 200 {
                 bail!("watch failed: HTTP {status}");
@@ -394,7 +518,10 @@ pub async fn get(c: &ApiClient, args: &[String], scope: &Scope, o: &GetOpts) -> 
             while let Some(line) = lines.next_line().await? {
                 let ev: Value = serde_json::from_slice(&line).unwrap_or(Value::Null);
                 if ev["type"] == "ERROR" {
-                    bail!("watch: {}", ev["object"]["message"].as_str().unwrap_or("error"));
+                    bail!(
+                        "watch: {}",
+                        ev["object"]["message"].as_str().unwrap_or("error")
+                    );
                 }
                 for row in ev["object"]["rows"].as_array().into_iter().flatten() {
                     print_rows(&[v.row(row)]);
@@ -406,7 +533,11 @@ pub async fn get(c: &ApiClient, args: &[String], scope: &Scope, o: &GetOpts) -> 
     match output {
         "json" | "yaml" => {
             let single = collected.len() == 1 && ts.len() == 1 && !ts[0].1.is_empty();
-            let doc = if single { collected[0].1.clone() } else { json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""}, "items": collected.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>()}) };
+            let doc = if single {
+                collected[0].1.clone()
+            } else {
+                json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""}, "items": collected.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>()})
+            };
             if output == "json" {
                 println!("{}", serde_json::to_string_pretty(&doc)?);
             } else {
@@ -432,11 +563,18 @@ pub async fn get(c: &ApiClient, args: &[String], scope: &Scope, o: &GetOpts) -> 
 
 fn yaml_block(v: &Value, indent: usize) -> String {
     let text = serde_yaml::to_string(v).unwrap_or_default();
-    text.lines().map(|l| format!("{}{l}\n", " ".repeat(indent))).collect()
+    text.lines()
+        .map(|l| format!("{}{l}\n", " ".repeat(indent)))
+        .collect()
 }
 
 fn map_lines(label: &str, m: Option<&Value>) -> String {
-    let entries: Vec<String> = m.and_then(Value::as_object).into_iter().flatten().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect();
+    let entries: Vec<String> = m
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+        .collect();
     if entries.is_empty() {
         return format!("{label:<14}<none>\n");
     }
@@ -447,14 +585,25 @@ fn map_lines(label: &str, m: Option<&Value>) -> String {
     s
 }
 
-pub async fn describe(c: &ApiClient, args: &[String], scope: &Scope, selector: Option<&str>) -> Result<u8> {
+pub async fn describe(
+    c: &ApiClient,
+    args: &[String],
+    scope: &Scope,
+    selector: Option<&str>,
+) -> Result<u8> {
     let cat = Catalog::load(c).await?;
     let ts = targets(&cat, args)?;
     let mut first = true;
     for (r, names) in ts {
         let ns = scope_ns(c, r, scope);
         let objs: Vec<Value> = if names.is_empty() {
-            let resp = c.get_json(&format!("{}{}", r.collection(ns.as_deref()), query(selector, None))).await?;
+            let resp = c
+                .get_json(&format!(
+                    "{}{}",
+                    r.collection(ns.as_deref()),
+                    query(selector, None)
+                ))
+                .await?;
             if resp.status != 200 {
                 bail!("{}", server_error(&resp));
             }
@@ -478,7 +627,11 @@ pub async fn describe(c: &ApiClient, args: &[String], scope: &Scope, selector: O
             let meta = &o["metadata"];
             let mut s = format!("{:<14}{}\n", "Name:", str_at(meta, "name"));
             if r.namespaced {
-                s.push_str(&format!("{:<14}{}\n", "Namespace:", str_at(meta, "namespace")));
+                s.push_str(&format!(
+                    "{:<14}{}\n",
+                    "Namespace:",
+                    str_at(meta, "namespace")
+                ));
             }
             s.push_str(&map_lines("Labels:", meta.get("labels")));
             let ann: Option<Value> = meta.get("annotations").map(|a| {
@@ -489,9 +642,17 @@ pub async fn describe(c: &ApiClient, args: &[String], scope: &Scope, selector: O
                 a
             });
             s.push_str(&map_lines("Annotations:", ann.as_ref()));
-            s.push_str(&format!("{:<14}{}\n", "Created:", str_at(meta, "creationTimestamp")));
+            s.push_str(&format!(
+                "{:<14}{}\n",
+                "Created:",
+                str_at(meta, "creationTimestamp")
+            ));
             if let Some(d) = meta.get("deletionTimestamp") {
-                s.push_str(&format!("{:<14}{}\n", "Terminating:", d.as_str().unwrap_or("")));
+                s.push_str(&format!(
+                    "{:<14}{}\n",
+                    "Terminating:",
+                    d.as_str().unwrap_or("")
+                ));
             }
             if let Some(f) = meta.get("finalizers") {
                 s.push_str(&format!("{:<14}{}\n", "Finalizers:", f));
@@ -509,22 +670,52 @@ pub async fn describe(c: &ApiClient, args: &[String], scope: &Scope, selector: O
                 }
             }
             // Events about this object, newest last, as kubectl describe shows them.
-            let fsel = format!("involvedObject.name={},involvedObject.kind={}", str_at(meta, "name"), r.kind);
-            let evpath = match ns.as_deref().or(Some(str_at(meta, "namespace")).filter(|n| !n.is_empty())) {
+            let fsel = format!(
+                "involvedObject.name={},involvedObject.kind={}",
+                str_at(meta, "name"),
+                r.kind
+            );
+            let evpath = match ns
+                .as_deref()
+                .or(Some(str_at(meta, "namespace")).filter(|n| !n.is_empty()))
+            {
                 Some(n) => format!("/api/v1/namespaces/{n}/events{}", query(None, Some(&fsel))),
                 None => format!("/api/v1/events{}", query(None, Some(&fsel))),
             };
-            let events = c.get_json(&evpath).await.map(|r| r.json()["items"].as_array().cloned().unwrap_or_default()).unwrap_or_default();
+            let events = c
+                .get_json(&evpath)
+                .await
+                .map(|r| r.json()["items"].as_array().cloned().unwrap_or_default())
+                .unwrap_or_default();
             if events.is_empty() {
                 s.push_str("Events:       <none>\n");
                 print!("{s}");
             } else {
                 s.push_str("Events:\n");
                 print!("{s}");
-                let mut rows = vec![vec!["  Type".to_string(), "Reason".into(), "Age".into(), "From".into(), "Message".into()]];
+                let mut rows = vec![vec![
+                    "  Type".to_string(),
+                    "Reason".into(),
+                    "Age".into(),
+                    "From".into(),
+                    "Message".into(),
+                ]];
                 for e in events {
-                    let ts = [str_at(&e, "lastTimestamp"), str_at(&e, "eventTime"), str_at(&e, "metadata.creationTimestamp")].into_iter().find(|s| !s.is_empty()).unwrap_or("");
-                    rows.push(vec![format!("  {}", str_at(&e, "type")), str_at(&e, "reason").into(), skiff_core::time::age(ts), str_at(&e, "source.component").into(), str_at(&e, "message").into()]);
+                    let ts = [
+                        str_at(&e, "lastTimestamp"),
+                        str_at(&e, "eventTime"),
+                        str_at(&e, "metadata.creationTimestamp"),
+                    ]
+                    .into_iter()
+                    .find(|s| !s.is_empty())
+                    .unwrap_or("");
+                    rows.push(vec![
+                        format!("  {}", str_at(&e, "type")),
+                        str_at(&e, "reason").into(),
+                        skiff_core::time::age(ts),
+                        str_at(&e, "source.component").into(),
+                        str_at(&e, "message").into(),
+                    ]);
                 }
                 print_rows(&rows);
             }
@@ -534,7 +725,16 @@ pub async fn describe(c: &ApiClient, args: &[String], scope: &Scope, selector: O
 }
 
 #[allow(clippy::too_many_arguments)]
-pub async fn delete(c: &ApiClient, args: &[String], files: &[String], scope: &Scope, selector: Option<&str>, all: bool, wait: bool, timeout: Duration) -> Result<u8> {
+pub async fn delete(
+    c: &ApiClient,
+    args: &[String],
+    files: &[String],
+    scope: &Scope,
+    selector: Option<&str>,
+    all: bool,
+    wait: bool,
+    timeout: Duration,
+) -> Result<u8> {
     let cat = Catalog::load(c).await?;
     let mut victims: Vec<(Resource, Option<String>, String)> = Vec::new();
     if !files.is_empty() {
@@ -550,13 +750,23 @@ pub async fn delete(c: &ApiClient, args: &[String], files: &[String], scope: &Sc
                 if selector.is_none() && !all {
                     bail!("resource(s) were provided, but no name was specified; use --all or -l to delete many");
                 }
-                let resp = c.get_json(&format!("{}{}", r.collection(ns.as_deref()), query(selector, None))).await?;
+                let resp = c
+                    .get_json(&format!(
+                        "{}{}",
+                        r.collection(ns.as_deref()),
+                        query(selector, None)
+                    ))
+                    .await?;
                 if resp.status != 200 {
                     bail!("{}", server_error(&resp));
                 }
                 for o in resp.json()["items"].as_array().into_iter().flatten() {
                     let ons = str_at(o, "metadata.namespace");
-                    victims.push((r.clone(), (!ons.is_empty()).then(|| ons.to_string()), str_at(o, "metadata.name").to_string()));
+                    victims.push((
+                        r.clone(),
+                        (!ons.is_empty()).then(|| ons.to_string()),
+                        str_at(o, "metadata.name").to_string(),
+                    ));
                 }
             } else {
                 for n in names {
@@ -572,7 +782,14 @@ pub async fn delete(c: &ApiClient, args: &[String], files: &[String], scope: &Sc
     let mut code = 0;
     let mut pending = Vec::new();
     for (r, ns, name) in victims {
-        let resp = c.request("DELETE", &r.item(ns.as_deref(), &name), Some("application/json"), br#"{"propagationPolicy":"Background"}"#.to_vec()).await?;
+        let resp = c
+            .request(
+                "DELETE",
+                &r.item(ns.as_deref(), &name),
+                Some("application/json"),
+                br#"{"propagationPolicy":"Background"}"#.to_vec(),
+            )
+            .await?;
         if resp.status >= 300 {
             eprintln!("{}", server_error(&resp));
             code = 1;
@@ -590,7 +807,10 @@ pub async fn delete(c: &ApiClient, args: &[String], files: &[String], scope: &Sc
                     break;
                 }
                 if Instant::now() > deadline {
-                    eprintln!("error: timed out waiting for {}/{name} to be deleted", r.display());
+                    eprintln!(
+                        "error: timed out waiting for {}/{name} to be deleted",
+                        r.display()
+                    );
                     code = 1;
                     break;
                 }
@@ -603,7 +823,11 @@ pub async fn delete(c: &ApiClient, args: &[String], files: &[String], scope: &Sc
 
 /// Evaluates a simple JSONPath (`{.status.phase}`, `{.status.conditions[0].type}`).
 pub fn jsonpath<'a>(v: &'a Value, expr: &str) -> Option<&'a Value> {
-    let e = expr.trim().trim_start_matches('{').trim_end_matches('}').trim_start_matches('.');
+    let e = expr
+        .trim()
+        .trim_start_matches('{')
+        .trim_end_matches('}')
+        .trim_start_matches('.');
     let mut cur = v;
     for part in e.split('.').filter(|p| !p.is_empty()) {
         let (field, idx) = match part.split_once('[') {
@@ -647,7 +871,14 @@ fn parse_for(s: &str) -> Result<Condition> {
 fn holds(cond: &Condition, o: &Value) -> bool {
     match cond {
         Condition::Delete => false,
-        Condition::Cond(t, want) => o["status"]["conditions"].as_array().into_iter().flatten().any(|c| str_at(c, "type").to_lowercase() == *t && str_at(c, "status").to_lowercase() == *want),
+        Condition::Cond(t, want) => o["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| {
+                str_at(c, "type").to_lowercase() == *t
+                    && str_at(c, "status").to_lowercase() == *want
+            }),
         Condition::Path(p, want) => match (jsonpath(o, p), want) {
             (Some(v), Some(w)) => cell_text(v) == *w,
             (Some(_), None) => true,
@@ -656,7 +887,14 @@ fn holds(cond: &Condition, o: &Value) -> bool {
     }
 }
 
-pub async fn wait(c: &ApiClient, args: &[String], for_: &str, scope: &Scope, selector: Option<&str>, timeout: Duration) -> Result<u8> {
+pub async fn wait(
+    c: &ApiClient,
+    args: &[String],
+    for_: &str,
+    scope: &Scope,
+    selector: Option<&str>,
+    timeout: Duration,
+) -> Result<u8> {
     let cond = parse_for(for_)?;
     let cat = Catalog::load(c).await?;
     let deadline = Instant::now() + timeout;
@@ -667,8 +905,19 @@ pub async fn wait(c: &ApiClient, args: &[String], for_: &str, scope: &Scope, sel
         for (r, names) in targets(&cat, args)? {
             let ns = scope_ns(c, r, scope);
             let objs: Vec<(String, Option<Value>)> = if names.is_empty() {
-                let resp = c.get_json(&format!("{}{}", r.collection(ns.as_deref()), query(selector, None))).await?;
-                resp.json()["items"].as_array().into_iter().flatten().map(|o| (str_at(o, "metadata.name").to_string(), Some(o.clone()))).collect()
+                let resp = c
+                    .get_json(&format!(
+                        "{}{}",
+                        r.collection(ns.as_deref()),
+                        query(selector, None)
+                    ))
+                    .await?;
+                resp.json()["items"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|o| (str_at(o, "metadata.name").to_string(), Some(o.clone())))
+                    .collect()
             } else {
                 let mut v = Vec::new();
                 for n in &names {
@@ -725,10 +974,16 @@ mod tests {
     fn jsonpaths_and_conditions() {
         let o = json!({"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}});
         assert_eq!(jsonpath(&o, "{.status.phase}"), Some(&json!("Running")));
-        assert_eq!(jsonpath(&o, "{.status.conditions[0].type}"), Some(&json!("Ready")));
+        assert_eq!(
+            jsonpath(&o, "{.status.conditions[0].type}"),
+            Some(&json!("Ready"))
+        );
         assert!(holds(&parse_for("condition=Ready").unwrap(), &o));
         assert!(!holds(&parse_for("condition=Ready=False").unwrap(), &o));
-        assert!(holds(&parse_for("jsonpath={.status.phase}=Running").unwrap(), &o));
+        assert!(holds(
+            &parse_for("jsonpath={.status.phase}=Running").unwrap(),
+            &o
+        ));
         assert!(parse_for("nonsense").is_err());
     }
 
@@ -748,7 +1003,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("skiff-manifest-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("a.yaml"), "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n---\napiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: ConfigMap, metadata: {name: b}}\n").unwrap();
-        std::fs::write(dir.join("b.json"), r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"c"}}"#).unwrap();
+        std::fs::write(
+            dir.join("b.json"),
+            r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"c"}}"#,
+        )
+        .unwrap();
         std::fs::write(dir.join("ignored.txt"), "x").unwrap();
         let objs = load_manifests(&[dir.display().to_string()]).unwrap();
         let names: Vec<&str> = objs.iter().map(|o| str_at(o, "metadata.name")).collect();

@@ -15,7 +15,11 @@ use skiff_core::client::ApiClient;
 use skiff_core::config::{self, Paths};
 
 #[derive(Parser)]
-#[command(name = "skiff", version, about = "A Kubernetes-compatible cluster on one Linux host")]
+#[command(
+    name = "skiff",
+    version,
+    about = "A Kubernetes-compatible cluster on one Linux host"
+)]
 struct Cli {
     /// Path to a kubeconfig (HTTPS); by default the data dir's Unix socket is used.
     #[arg(long, global = true, env = "KUBECONFIG")]
@@ -132,7 +136,11 @@ fn client(cli: &Cli) -> Result<ApiClient> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: {e}");
@@ -153,16 +161,74 @@ async fn run(cli: Cli) -> Result<u8> {
         Cmd::Up(a) => cluster::up(&cli.data_dir, a).await,
         Cmd::Down { purge } => cluster::down(&cli.data_dir, *purge).await,
         Cmd::Status => cluster::status(&cli.data_dir).await,
-        Cmd::Apply { files, scope, output } => commands::apply(&client(&cli)?, files, scope, output.as_deref(), false).await,
-        Cmd::Create { files, scope } => commands::apply(&client(&cli)?, files, scope, None, true).await,
-        Cmd::Get { args, scope, selector, field_selector, output, watch, show_labels } => {
-            let opts = commands::GetOpts { selector: selector.clone(), field_selector: field_selector.clone(), output: output.clone(), watch: *watch, show_labels: *show_labels };
+        Cmd::Apply {
+            files,
+            scope,
+            output,
+        } => commands::apply(&client(&cli)?, files, scope, output.as_deref(), false).await,
+        Cmd::Create { files, scope } => {
+            commands::apply(&client(&cli)?, files, scope, None, true).await
+        }
+        Cmd::Get {
+            args,
+            scope,
+            selector,
+            field_selector,
+            output,
+            watch,
+            show_labels,
+        } => {
+            let opts = commands::GetOpts {
+                selector: selector.clone(),
+                field_selector: field_selector.clone(),
+                output: output.clone(),
+                watch: *watch,
+                show_labels: *show_labels,
+            };
             commands::get(&client(&cli)?, args, scope, &opts).await
         }
-        Cmd::Describe { args, scope, selector } => commands::describe(&client(&cli)?, args, scope, selector.as_deref()).await,
-        Cmd::Delete { args, files, scope, selector, all, wait, timeout } => {
-            commands::delete(&client(&cli)?, args, files, scope, selector.as_deref(), *all, *wait, commands::parse_duration(timeout)?).await
+        Cmd::Describe {
+            args,
+            scope,
+            selector,
+        } => commands::describe(&client(&cli)?, args, scope, selector.as_deref()).await,
+        Cmd::Delete {
+            args,
+            files,
+            scope,
+            selector,
+            all,
+            wait,
+            timeout,
+        } => {
+            commands::delete(
+                &client(&cli)?,
+                args,
+                files,
+                scope,
+                selector.as_deref(),
+                *all,
+                *wait,
+                commands::parse_duration(timeout)?,
+            )
+            .await
         }
-        Cmd::Wait { args, for_, scope, selector, timeout } => commands::wait(&client(&cli)?, args, for_, scope, selector.as_deref(), commands::parse_duration(timeout)?).await,
+        Cmd::Wait {
+            args,
+            for_,
+            scope,
+            selector,
+            timeout,
+        } => {
+            commands::wait(
+                &client(&cli)?,
+                args,
+                for_,
+                scope,
+                selector.as_deref(),
+                commands::parse_duration(timeout)?,
+            )
+            .await
+        }
     }
 }

@@ -14,6 +14,7 @@ pub struct Resource {
     pub singular: String,
     pub namespaced: bool,
     pub short_names: Vec<String>,
+    pub categories: Vec<String>,
 }
 
 impl Resource {
@@ -34,7 +35,9 @@ impl Resource {
     /// The collection path, in `ns` when namespaced (all namespaces when `ns` is None).
     pub fn collection(&self, ns: Option<&str>) -> String {
         match ns {
-            Some(ns) if self.namespaced => format!("{}/namespaces/{}/{}", self.base(), ns, self.plural),
+            Some(ns) if self.namespaced => {
+                format!("{}/namespaces/{}/{}", self.base(), ns, self.plural)
+            }
             _ => format!("{}/{}", self.base(), self.plural),
         }
     }
@@ -69,12 +72,19 @@ impl Catalog {
         let groups = fetch(c, "/apis").await?;
         for g in groups["groups"].as_array().into_iter().flatten() {
             let name = g["name"].as_str().unwrap_or("").to_string();
-            let v = g["preferredVersion"]["version"].as_str().unwrap_or("v1").to_string();
+            let v = g["preferredVersion"]["version"]
+                .as_str()
+                .unwrap_or("v1")
+                .to_string();
             gvs.push((name, v));
         }
         let mut resources = Vec::new();
         for (g, v) in gvs {
-            let path = if g.is_empty() { format!("/api/{v}") } else { format!("/apis/{g}/{v}") };
+            let path = if g.is_empty() {
+                format!("/api/{v}")
+            } else {
+                format!("/apis/{g}/{v}")
+            };
             let list = fetch(c, &path).await?;
             for r in list["resources"].as_array().into_iter().flatten() {
                 let plural = r["name"].as_str().unwrap_or("");
@@ -88,7 +98,20 @@ impl Catalog {
                     plural: plural.to_string(),
                     singular: r["singularName"].as_str().unwrap_or("").to_string(),
                     namespaced: r["namespaced"].as_bool().unwrap_or(false),
-                    short_names: r["shortNames"].as_array().into_iter().flatten().filter_map(Value::as_str).map(String::from).collect(),
+                    short_names: r["shortNames"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .map(String::from)
+                        .collect(),
+                    categories: r["categories"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .map(String::from)
+                        .collect(),
                 });
             }
         }
@@ -105,8 +128,21 @@ impl Catalog {
         self.resources
             .iter()
             .filter(|r| group.as_deref().is_none_or(|g| r.group == g))
-            .find(|r| r.plural == name || r.singular == name || r.kind.to_lowercase() == name || r.short_names.iter().any(|s| *s == name))
+            .find(|r| {
+                r.plural == name
+                    || r.singular == name
+                    || r.kind.to_lowercase() == name
+                    || r.short_names.contains(&name)
+            })
             .ok_or_else(|| anyhow!("the server doesn't have a resource type {what:?}"))
+    }
+
+    /// The resources of a category (`all`), as kubectl expands `get all`.
+    pub fn category(&self, name: &str) -> Vec<&Resource> {
+        self.resources
+            .iter()
+            .filter(|r| r.categories.iter().any(|c| c == name))
+            .collect()
     }
 
     pub fn by_kind(&self, api_version: &str, kind: &str) -> Result<&Resource> {

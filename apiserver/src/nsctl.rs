@@ -56,7 +56,8 @@ fn fresh_meta(name: &str, ns: Option<&str>) -> Value {
         &h[16..20],
         &h[20..32]
     );
-    let mut m = json!({"name": name, "uid": uid, "creationTimestamp": skiff_core::time::now_rfc3339()});
+    let mut m =
+        json!({"name": name, "uid": uid, "creationTimestamp": skiff_core::time::now_rfc3339()});
     if let Some(ns) = ns {
         m["namespace"] = json!(ns);
     }

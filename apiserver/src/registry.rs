@@ -414,7 +414,15 @@ pub fn normalize_quantities(v: &mut Value) {
 
 /// Kinds whose `metadata.generation` the API server maintains (bumped on spec changes).
 pub fn has_generation(kind: &str) -> bool {
-    matches!(kind, "Pod" | "NetworkPolicy" | "Ingress" | "IngressClass" | "PersistentVolumeClaim" | "EndpointSlice")
+    matches!(
+        kind,
+        "Pod"
+            | "NetworkPolicy"
+            | "Ingress"
+            | "IngressClass"
+            | "PersistentVolumeClaim"
+            | "EndpointSlice"
+    )
 }
 
 /// What a freshly created object's status is reset to (kinds with a status subresource).
