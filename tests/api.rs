@@ -2,6 +2,8 @@
 //! dir), driven by the machine's unmodified kubectl, curl over the Unix socket and HTTPS, the
 //! skiff CLI, and kube-rs.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::process::{Command, Stdio};

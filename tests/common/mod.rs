@@ -2,7 +2,7 @@
 //! "host" with only loopback) with its own data directory. Everything it made is removed at
 //! the end, by PID and by deleting the namespace, and checked for leaks.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

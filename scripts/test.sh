@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what is missing, builds, and runs the whole test suite: formatting, lints, unit
+# tests, end-to-end tests (each in its own network namespace), the examples' schema check,
+# and a final check that nothing was left behind on the host.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/deps.sh
+
+echo "== fmt"
+cargo fmt --all -- --check
+echo "== clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== build"
+cargo build --workspace --all-targets
+echo "== tests"
+cargo test --workspace
+
+echo "== examples against the upstream Kubernetes schemas"
+if ! command -v kubernetes-validate >/dev/null; then
+  python3 -m pip install -q kubernetes-validate 2>/dev/null || python3 -m pip install -q --break-system-packages kubernetes-validate
+fi
+kubernetes-validate --quiet -k 1.33.0 --strict examples/*.yaml
+
+echo "== leak check"
+left=$(ip netns list 2>/dev/null | awk '{print $1}' | grep '^skiff-t' || true)
+procs=$(pgrep -a -f 'skiff-e2e-' | grep -v pgrep || true)
+if [ -n "$left$procs" ]; then
+  echo "tests left state behind:" >&2
+  echo "$left" >&2
+  echo "$procs" >&2
+  exit 1
+fi
+echo "no leftover namespaces or processes"
