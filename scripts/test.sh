@@ -13,7 +13,11 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "== build"
 cargo build --workspace --all-targets
 echo "== tests"
-cargo test --workspace
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace 2>&1 | tee "$log"
+passed=$(grep -o '[0-9]* passed' "$log" | awk '{s+=$1} END {print s+0}')
+failed=$(grep -o '[0-9]* failed' "$log" | awk '{s+=$1} END {print s+0}')
 
 echo "== examples against the upstream Kubernetes schemas"
 if ! command -v kubernetes-validate >/dev/null; then
@@ -31,3 +35,4 @@ if [ -n "$left$procs" ]; then
   exit 1
 fi
 echo "no leftover namespaces or processes"
+echo "tests: $passed passed, $failed failed"

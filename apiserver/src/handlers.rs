@@ -403,7 +403,7 @@ fn canonicalize(
     warnings: &mut Vec<String>,
 ) -> ApiResult<Value> {
     registry::normalize_quantities(&mut obj);
-    let out = (kind.roundtrip)(obj.clone()).map_err(|e| {
+    let out = (kind.roundtrip)(&obj).map_err(|e| {
         ApiError::bad_request(format!(
             "{} in version {:?} cannot be handled as a {}: {e}",
             kind.kind, kind.version, kind.kind

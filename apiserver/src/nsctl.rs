@@ -35,7 +35,7 @@ async fn ensure(
     }
     let mut obj = obj;
     registry::apply_defaults(kind.kind, &mut obj);
-    let canonical = (kind.roundtrip)(obj).map_err(crate::status::ApiError::internal)?;
+    let canonical = (kind.roundtrip)(&obj).map_err(crate::status::ApiError::internal)?;
     app.storage
         .mutate(&key, |cur| match cur {
             Some(c) => Ok(Outcome::Unchanged(c)),

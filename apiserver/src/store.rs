@@ -32,7 +32,7 @@ pub trait Store: Send + Sync + 'static {
         limit: Option<usize>,
     ) -> Result<Rows, StoreError>;
     /// Applies the changes and records `rv` as the latest resourceVersion, atomically.
-    fn apply(&self, changes: Vec<Change>, rv: u64) -> Result<(), StoreError>;
+    fn apply(&self, changes: &[Change], rv: u64) -> Result<(), StoreError>;
     /// Makes every applied batch durable.
     fn flush(&self) -> Result<(), StoreError>;
     /// The latest resourceVersion recorded.
@@ -51,6 +51,8 @@ impl SledStore {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(256 * 1024 * 1024)
+            .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(None)
             .open()?;
         let objects = db.open_tree("objects")?;
         Ok(Self { db, objects })
@@ -86,12 +88,12 @@ impl Store for SledStore {
         Ok(out)
     }
 
-    fn apply(&self, changes: Vec<Change>, rv: u64) -> Result<(), StoreError> {
+    fn apply(&self, changes: &[Change], rv: u64) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         for (k, v) in changes {
             match v {
-                Some(v) => batch.insert(k, v),
-                None => batch.remove(k),
+                Some(v) => batch.insert(k.as_slice(), v.as_slice()),
+                None => batch.remove(k.as_slice()),
             }
         }
         batch.insert(RV_KEY, &rv.to_be_bytes());
@@ -129,15 +131,15 @@ mod tests {
             let s = SledStore::open(dir.path()).unwrap();
             assert_eq!(s.last_rv().unwrap(), 0);
             s.apply(
-                vec![
+                &[
                     (b"/pods/a/x".to_vec(), Some(b"1".to_vec())),
                     (b"/pods/a/y".to_vec(), Some(b"2".to_vec())),
                 ],
                 5,
             )
             .unwrap();
-            s.apply(vec![(b"/pods/a/x".to_vec(), None)], 6).unwrap();
-            s.apply(vec![(b"/pods/b/z".to_vec(), Some(b"3".to_vec()))], 7)
+            s.apply(&[(b"/pods/a/x".to_vec(), None)], 6).unwrap();
+            s.apply(&[(b"/pods/b/z".to_vec(), Some(b"3".to_vec()))], 7)
                 .unwrap();
             s.flush().unwrap();
         }
@@ -151,5 +153,80 @@ mod tests {
         let rest = s.scan(b"/pods/", Some(b"/pods/a/y\x00"), None).unwrap();
         assert_eq!(rest.len(), 1);
         assert_eq!(rest[0].0, b"/pods/b/z");
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+
+    #[test]
+    #[ignore]
+    fn store_costs() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        let v = vec![b'x'; 300];
+        let t = std::time::Instant::now();
+        for i in 0..20000u64 {
+            s.apply(
+                &[(
+                    format!("/configmaps/default/o{i}").into_bytes(),
+                    Some(v.clone()),
+                )],
+                i,
+            )
+            .unwrap();
+        }
+        eprintln!("apply: {:?}/op", t.elapsed() / 20000);
+        let t = std::time::Instant::now();
+        for i in 0..20000u64 {
+            let _ = s
+                .get(format!("/configmaps/default/o{i}").as_bytes())
+                .unwrap();
+        }
+        eprintln!("get: {:?}/op", t.elapsed() / 20000);
+        s.flush().unwrap();
+        for batch in [1u64, 8, 64] {
+            let t = std::time::Instant::now();
+            let mut ft = std::time::Duration::ZERO;
+            for r in 0..200u64 {
+                for i in 0..batch {
+                    s.apply(
+                        &[(format!("/f{batch}/o{r}-{i}").into_bytes(), Some(v.clone()))],
+                        i,
+                    )
+                    .unwrap();
+                }
+                let f = std::time::Instant::now();
+                s.flush().unwrap();
+                ft += f.elapsed();
+            }
+            eprintln!(
+                "batch {batch}: {:?}/flush, {:?}/op",
+                ft / 200,
+                t.elapsed() / (200 * batch as u32)
+            );
+        }
+        // One sled batch per group, then one flush.
+        let t = std::time::Instant::now();
+        let cpu0 = std::fs::read_to_string("/proc/self/stat").unwrap();
+        for r in 0..200u64 {
+            let changes: Vec<Change> = (0..64u64)
+                .map(|i| (format!("/g/o{r}-{i}").into_bytes(), Some(v.clone())))
+                .collect();
+            s.apply(&changes, r).unwrap();
+            s.flush().unwrap();
+        }
+        let cpu1 = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let ticks = |st: &str| -> u64 {
+            let f: Vec<&str> = st.rsplit_once(')').unwrap().1.split_whitespace().collect();
+            f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+        };
+        eprintln!(
+            "grouped 64: {:?}/op, cpu {} ms of {:?} wall",
+            t.elapsed() / (200 * 64),
+            (ticks(&cpu1) - ticks(&cpu0)) * 10,
+            t.elapsed()
+        );
     }
 }
