@@ -165,6 +165,11 @@ fn kubectl_create_apply_get_label_watch_delete() {
             "api-resources lacks {r}:\n{ar}"
         );
     }
+    // The OpenAPI documents carry the real schemas (generated from the types).
+    let ex = ok(&c.kubectl(&["explain", "configmap.data"]));
+    assert!(ex.contains("Data contains the configuration data"), "{ex}");
+    let ex = ok(&c.kubectl(&["explain", "networkpolicy.spec.podSelector"]));
+    assert!(ex.contains("podSelector"), "{ex}");
     let ns = ok(&c.kubectl(&["get", "ns"]));
     for n in ["default", "kube-system", "kube-public"] {
         assert!(ns.contains(n), "{ns}");

@@ -182,11 +182,8 @@ pub fn openapi_doc(path: &str) -> Option<Value> {
 }
 
 fn schema_name(k: &Kind) -> String {
-    let pkg = match k.group {
-        "" => "core",
-        g => g.split('.').next().unwrap_or(g),
-    };
-    format!("io.k8s.api.{pkg}.{}.{}", k.version, k.kind)
+    let mut g = schemars::generate::SchemaSettings::openapi3().into_generator();
+    (k.schema)(&mut g)
 }
 
 fn param(name: &str, location: &str) -> Value {
@@ -225,7 +222,7 @@ fn operation(
 /// query parameters skiff honours, and the kinds' schemas by reference name.
 fn openapi_for(group: &str, version: &str) -> Value {
     let mut paths = Map::new();
-    let mut schemas = Map::new();
+    let mut generator = schemars::generate::SchemaSettings::openapi3().into_generator();
     let base = format!("/{}", gv_path(group, version));
     let write_q: &[&str] = &["dryRun", "fieldManager", "fieldValidation", "pretty"];
     let list_q: &[&str] = &[
@@ -283,11 +280,20 @@ fn openapi_for(group: &str, version: &str) -> Value {
                 "patch": operation(k, "patch", &["dryRun", "fieldManager", "fieldValidation", "force"], pp, Some(patch_types)),
             }));
         }
-        schemas.insert(schema_name(k), json!({
-            "type": "object",
-            "description": format!("{} ({}); fields as in the Kubernetes {} API", k.kind, k.api_version(), crate::registry::API_TYPES_VERSION),
-            "x-kubernetes-group-version-kind": [{"group": k.group, "version": k.version, "kind": k.kind}],
-        }));
+        (k.schema)(&mut generator);
+    }
+    // Every kind's schema and the types it references, generated from the k8s-openapi types.
+    let mut schemas: Map<String, Value> = generator.take_definitions(true).into_iter().collect();
+    for k in KINDS
+        .iter()
+        .filter(|k| k.group == group && k.version == version)
+    {
+        if let Some(Value::Object(s)) = schemas.get_mut(&schema_name(k)) {
+            s.insert(
+                "x-kubernetes-group-version-kind".into(),
+                json!([{"group": k.group, "version": k.version, "kind": k.kind}]),
+            );
+        }
     }
     json!({
         "openapi": "3.0.0",
@@ -322,6 +328,16 @@ mod tests {
                 .starts_with("/openapi/v3/apis/networking.k8s.io/v1?hash=")
         );
         assert!(openapi_doc("apis/nope/v1").is_none());
+        let pod = &doc["components"]["schemas"]["io.k8s.api.core.v1.Pod"];
+        assert_eq!(pod["x-kubernetes-group-version-kind"][0]["kind"], "Pod");
+        assert_eq!(
+            pod["properties"]["spec"]["allOf"][0]["$ref"],
+            "#/components/schemas/io.k8s.api.core.v1.PodSpec"
+        );
+        assert!(
+            doc["components"]["schemas"]["io.k8s.api.core.v1.PodSpec"]["properties"]["containers"]
+                .is_object()
+        );
     }
 
     #[test]

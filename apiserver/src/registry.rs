@@ -32,6 +32,9 @@ pub struct Kind {
     /// Decodes into the k8s-openapi type and encodes back: type-checks every field and drops
     /// unknown ones (which the caller detects by comparing).
     pub roundtrip: fn(&Value) -> Result<Value, String>,
+    /// Adds the kind's OpenAPI schema (generated from the k8s-openapi type) to a generator and
+    /// returns its reference name.
+    pub schema: fn(&mut schemars::SchemaGenerator) -> String,
 }
 
 impl Kind {
@@ -66,6 +69,11 @@ impl Kind {
     }
 }
 
+fn sch<T: schemars::JsonSchema>(g: &mut schemars::SchemaGenerator) -> String {
+    g.subschema_for::<T>();
+    T::schema_name().into_owned()
+}
+
 fn rt<T: Serialize + DeserializeOwned>(v: &Value) -> Result<Value, String> {
     let t = T::deserialize(v).map_err(|e| e.to_string())?;
     serde_json::to_value(&t).map_err(|e| e.to_string())
@@ -90,6 +98,7 @@ pub static KINDS: &[Kind] = &[
         name_rule: Dns1123Label,
         field_selectors: &["status.phase"],
         roundtrip: rt::<core::Namespace>,
+        schema: sch::<core::Namespace>,
     },
     Kind {
         group: "",
@@ -113,6 +122,7 @@ pub static KINDS: &[Kind] = &[
             "status.nominatedNodeName",
         ],
         roundtrip: rt::<core::Pod>,
+        schema: sch::<core::Pod>,
     },
     Kind {
         group: "",
@@ -127,6 +137,7 @@ pub static KINDS: &[Kind] = &[
         name_rule: Dns1035Label,
         field_selectors: &["spec.clusterIP", "spec.type"],
         roundtrip: rt::<core::Service>,
+        schema: sch::<core::Service>,
     },
     Kind {
         group: "",
@@ -141,6 +152,7 @@ pub static KINDS: &[Kind] = &[
         name_rule: Dns1123Subdomain,
         field_selectors: &[],
         roundtrip: rt::<core::Endpoints>,
+        schema: sch::<core::Endpoints>,
     },
     Kind {
         group: "",
@@ -155,6 +167,7 @@ pub static KINDS: &[Kind] = &[
         name_rule: Dns1123Subdomain,
         field_selectors: &[],
         roundtrip: rt::<core::ConfigMap>,
+        schema: sch::<core::ConfigMap>,
     },
     Kind {
         group: "",
@@ -169,6 +182,7 @@ pub static KINDS: &[Kind] = &[
         name_rule: Dns1123Subdomain,
         field_selectors: &["type"],
         roundtrip: rt::<core::Secret>,
+        schema: sch::<core::Secret>,
     },
     Kind {
         group: "",
@@ -195,6 +209,7 @@ pub static KINDS: &[Kind] = &[
             "type",
         ],
         roundtrip: rt::<core::Event>,
+        schema: sch::<core::Event>,
     },
     Kind {
         group: "",
@@ -209,6 +224,7 @@ pub static KINDS: &[Kind] = &[
         name_rule: Dns1123Subdomain,
         field_selectors: &["spec.unschedulable"],
         roundtrip: rt::<core::Node>,
+        schema: sch::<core::Node>,
     },
     Kind {
         group: "",
@@ -223,6 +239,7 @@ pub static KINDS: &[Kind] = &[
         name_rule: Dns1123Subdomain,
         field_selectors: &[],
         roundtrip: rt::<core::ServiceAccount>,
+        schema: sch::<core::ServiceAccount>,
     },
     Kind {
         group: "",
@@ -237,6 +254,7 @@ pub static KINDS: &[Kind] = &[
         name_rule: Dns1123Subdomain,
         field_selectors: &[],
         roundtrip: rt::<core::PersistentVolume>,
+        schema: sch::<core::PersistentVolume>,
     },
     Kind {
         group: "",
@@ -251,6 +269,7 @@ pub static KINDS: &[Kind] = &[
         name_rule: Dns1123Subdomain,
         field_selectors: &[],
         roundtrip: rt::<core::PersistentVolumeClaim>,
+        schema: sch::<core::PersistentVolumeClaim>,
     },
     Kind {
         group: "networking.k8s.io",
@@ -265,6 +284,7 @@ pub static KINDS: &[Kind] = &[
         name_rule: Dns1123Subdomain,
         field_selectors: &[],
         roundtrip: rt::<networking::NetworkPolicy>,
+        schema: sch::<networking::NetworkPolicy>,
     },
     Kind {
         group: "networking.k8s.io",
@@ -279,6 +299,7 @@ pub static KINDS: &[Kind] = &[
         name_rule: Dns1123Subdomain,
         field_selectors: &[],
         roundtrip: rt::<networking::Ingress>,
+        schema: sch::<networking::Ingress>,
     },
     Kind {
         group: "networking.k8s.io",
@@ -293,6 +314,7 @@ pub static KINDS: &[Kind] = &[
         name_rule: Dns1123Subdomain,
         field_selectors: &[],
         roundtrip: rt::<networking::IngressClass>,
+        schema: sch::<networking::IngressClass>,
     },
     Kind {
         group: "storage.k8s.io",
@@ -307,6 +329,7 @@ pub static KINDS: &[Kind] = &[
         name_rule: Dns1123Subdomain,
         field_selectors: &[],
         roundtrip: rt::<storage::StorageClass>,
+        schema: sch::<storage::StorageClass>,
     },
     Kind {
         group: "discovery.k8s.io",
@@ -321,6 +344,7 @@ pub static KINDS: &[Kind] = &[
         name_rule: Dns1123Subdomain,
         field_selectors: &["addressType"],
         roundtrip: rt::<discovery::EndpointSlice>,
+        schema: sch::<discovery::EndpointSlice>,
     },
 ];
 
