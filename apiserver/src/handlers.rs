@@ -37,6 +37,8 @@ pub struct App {
     pub ns_wake: Notify,
     /// `host:port` of the HTTPS listener, for discovery.
     pub server_address: String,
+    /// The cluster CA (PEM), published in every namespace as ConfigMap `kube-root-ca.crt`.
+    pub ca_pem: String,
 }
 
 type Q = HashMap<String, String>;
@@ -109,6 +111,9 @@ fn decode_body(ct: &str, bytes: &[u8]) -> ApiResult<Value> {
         "application/yaml" | "application/apply-patch+yaml" | "text/yaml" => {
             serde_yaml::from_slice(bytes)
                 .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?
+        }
+        "application/vnd.kubernetes.protobuf" => {
+            crate::protobuf::decode(bytes).map_err(ApiError::bad_request)?
         }
         "application/json"
         | ""

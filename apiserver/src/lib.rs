@@ -8,6 +8,7 @@ pub mod discovery;
 pub mod handlers;
 pub mod nsctl;
 pub mod patch;
+pub mod protobuf;
 pub mod registry;
 pub mod server;
 pub mod status;

@@ -1,7 +1,8 @@
 //! Built-in controllers the API server runs itself, as kube-controller-manager would: the
 //! namespace lifecycle (a terminating namespace is emptied, then its `kubernetes` finalizer is
-//! removed and it disappears) and the `default` ServiceAccount of every namespace. Also the
-//! bootstrap of the namespaces every cluster starts with.
+//! removed and it disappears), the `default` ServiceAccount of every namespace, and the
+//! `kube-root-ca.crt` ConfigMap holding the cluster CA. Also the bootstrap of the namespaces
+//! every cluster starts with.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,10 +80,14 @@ async fn reconcile(app: &App) -> ApiResult<()> {
     let Some(sak) = registry::by_kind("ServiceAccount") else {
         return Ok(());
     };
+    let Some(cmk) = registry::by_kind("ConfigMap") else {
+        return Ok(());
+    };
     for (_, ns) in app.storage.list(&nsk.prefix(None), None, None)? {
         let name = str_at(&ns, "metadata.name").to_string();
         if ns["metadata"].get("deletionTimestamp").is_none() {
             ensure(app, sak, Some(&name), json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": fresh_meta("default", Some(&name))})).await?;
+            ensure(app, cmk, Some(&name), json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": fresh_meta("kube-root-ca.crt", Some(&name)), "data": {"ca.crt": app.ca_pem}})).await?;
             continue;
         }
         // Terminating: delete everything in it; objects with finalizers stay until released.

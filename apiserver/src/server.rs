@@ -63,17 +63,18 @@ pub async fn start(opts: &Options) -> Result<Running> {
     std::fs::set_permissions(&opts.data_dir, std::fs::Permissions::from_mode(0o700))?;
     let store = SledStore::open(&paths.db()).context("opening the store")?;
     let storage = Storage::start(Arc::new(store))?;
+    let pki = tls::ensure_pki(&paths.pki(), &opts.node_name)?;
     let app = Arc::new(App {
         storage,
         ns_wake: Notify::new(),
         server_address: format!("127.0.0.1:{}", opts.api_port),
+        ca_pem: pki.ca_pem.clone(),
     });
     nsctl::bootstrap(&app)
         .await
         .map_err(|e| anyhow::anyhow!("bootstrap: {}", e.message))?;
     tokio::spawn(nsctl::run(app.clone()));
 
-    let pki = tls::ensure_pki(&paths.pki(), &opts.node_name)?;
     let token = tls::ensure_token(&paths.pki().join("admin.token"))?;
     tls::write_kubeconfig(&paths.kubeconfig(), opts.api_port, &pki.ca_pem, &token)?;
     let tls_cfg = tls::server_config(&pki)?;
