@@ -205,6 +205,8 @@ pub async fn up(data_dir: &Path, a: &UpArgs) -> Result<u8> {
             data_dir.display().to_string(),
             "--api-port".into(),
             a.api_port.to_string(),
+            "--service-cidr".into(),
+            svc.to_string(),
         ],
     }];
     let names: Vec<&'static str> = daemons.iter().map(|d| d.name).collect();

@@ -1035,3 +1035,183 @@ fn up_restarts_a_crashed_daemon_and_down_stops_cleanly() {
     let _ = Command::new("true").status();
     c.stop();
 }
+
+#[test]
+fn services_get_cluster_ips_from_the_range() {
+    if !can_run("services_get_cluster_ips_from_the_range") {
+        return;
+    }
+    let c = Cluster::start("svcip");
+    let svc = |name: &str, extra: &str| {
+        format!(
+            r#"{{"metadata":{{"name":"{name}"}},"spec":{{"selector":{{"app":"x"}},"ports":[{{"port":80}}]{extra}}}}}"#
+        )
+    };
+    let (code, a) = c.curl(
+        "POST",
+        "/api/v1/namespaces/default/services",
+        Some(&svc("a", "")),
+        "application/json",
+    );
+    assert_eq!(code, 201, "{a}");
+    let ip: std::net::Ipv4Addr = a["spec"]["clusterIP"].as_str().unwrap().parse().unwrap();
+    let o = ip.octets();
+    assert!(
+        o[0] == 10 && (96..112).contains(&o[1]),
+        "{ip} outside 10.96.0.0/12"
+    );
+    assert_eq!(a["spec"]["clusterIPs"], json!([ip.to_string()]));
+    // The reservation is an IPAddress object naming the Service.
+    let (code, r) = c.curl(
+        "GET",
+        &format!("/apis/networking.k8s.io/v1/ipaddresses/{ip}"),
+        None,
+        "application/json",
+    );
+    assert_eq!(code, 200);
+    assert_eq!(r["spec"]["parentRef"]["name"], "a");
+    // A chosen address: in range and free, else 422.
+    let (code, b) = c.curl(
+        "POST",
+        "/api/v1/namespaces/default/services",
+        Some(&svc("b", r#","clusterIP":"10.96.0.50""#)),
+        "application/json",
+    );
+    assert_eq!(
+        (code, b["spec"]["clusterIP"].as_str()),
+        (201, Some("10.96.0.50")),
+        "{b}"
+    );
+    let (code, v) = c.curl(
+        "POST",
+        "/api/v1/namespaces/default/services",
+        Some(&svc("c", r#","clusterIP":"10.96.0.50""#)),
+        "application/json",
+    );
+    assert_eq!(code, 422, "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("already allocated"),
+        "{v}"
+    );
+    let (code, v) = c.curl(
+        "POST",
+        "/api/v1/namespaces/default/services",
+        Some(&svc("c", r#","clusterIP":"192.168.0.1""#)),
+        "application/json",
+    );
+    assert_eq!(code, 422, "{v}");
+    // Headless and ExternalName get no address.
+    let (code, h) = c.curl(
+        "POST",
+        "/api/v1/namespaces/default/services",
+        Some(&svc("h", r#","clusterIP":"None""#)),
+        "application/json",
+    );
+    assert_eq!(
+        (code, h["spec"]["clusterIPs"].clone()),
+        (201, json!(["None"]))
+    );
+    let (code, v) = c.curl("POST", "/api/v1/namespaces/default/services", Some(r#"{"metadata":{"name":"ext"},"spec":{"type":"ExternalName","externalName":"db.example","clusterIP":"10.96.0.60"}}"#), "application/json");
+    assert_eq!(code, 422, "{v}");
+    // Updates may not change the address; deleting the Service releases it for reuse.
+    let (code, _) = c.curl(
+        "PATCH",
+        "/api/v1/namespaces/default/services/b",
+        Some(r#"{"spec":{"clusterIP":"10.96.0.51"}}"#),
+        "application/merge-patch+json",
+    );
+    assert_eq!(code, 422);
+    assert_eq!(
+        c.curl(
+            "DELETE",
+            "/api/v1/namespaces/default/services/b",
+            None,
+            "application/json"
+        )
+        .0,
+        200
+    );
+    assert_eq!(
+        c.curl(
+            "GET",
+            "/apis/networking.k8s.io/v1/ipaddresses/10.96.0.50",
+            None,
+            "application/json"
+        )
+        .0,
+        404
+    );
+    let (code, _) = c.curl(
+        "POST",
+        "/api/v1/namespaces/default/services",
+        Some(&svc("c", r#","clusterIP":"10.96.0.50""#)),
+        "application/json",
+    );
+    assert_eq!(code, 201);
+    // Many Services, all distinct.
+    let mut seen = std::collections::HashSet::new();
+    seen.insert(ip.to_string());
+    for i in 0..30 {
+        let (code, v) = c.curl(
+            "POST",
+            "/api/v1/namespaces/default/services",
+            Some(&svc(&format!("s{i}"), "")),
+            "application/json",
+        );
+        assert_eq!(code, 201);
+        assert!(
+            seen.insert(v["spec"]["clusterIP"].as_str().unwrap().to_string()),
+            "duplicate address"
+        );
+    }
+    // Deleting the namespace's Services through namespace deletion releases theirs too.
+    assert_eq!(
+        c.curl(
+            "POST",
+            "/api/v1/namespaces",
+            Some(r#"{"metadata":{"name":"gone"}}"#),
+            "application/json"
+        )
+        .0,
+        201
+    );
+    let (_, g) = c.curl(
+        "POST",
+        "/api/v1/namespaces/gone/services",
+        Some(&svc("g", "")),
+        "application/json",
+    );
+    let gip = g["spec"]["clusterIP"].as_str().unwrap().to_string();
+    assert_eq!(
+        c.curl(
+            "DELETE",
+            "/api/v1/namespaces/gone",
+            None,
+            "application/json"
+        )
+        .0,
+        200
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c
+        .curl(
+            "GET",
+            &format!("/apis/networking.k8s.io/v1/ipaddresses/{gip}"),
+            None,
+            "application/json",
+        )
+        .0
+        != 404
+    {
+        assert!(
+            Instant::now() < deadline,
+            "address of a deleted namespace's Service was not released"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if have_kubectl("services_get_cluster_ips (kubectl part)") {
+        let t = ok(&c.kubectl(&["get", "svc", "a"]));
+        assert!(t.contains(&ip.to_string()), "{t}");
+    }
+    c.stop();
+}

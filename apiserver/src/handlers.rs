@@ -39,6 +39,8 @@ pub struct App {
     pub server_address: String,
     /// The cluster CA (PEM), published in every namespace as ConfigMap `kube-root-ca.crt`.
     pub ca_pem: String,
+    /// The Service ClusterIP range.
+    pub service_cidr: skiff_core::config::Cidr,
 }
 
 type Q = HashMap<String, String>;
@@ -528,7 +530,7 @@ fn generated_name(base: &str) -> String {
     format!("{base}{suffix}")
 }
 
-fn new_uid() -> String {
+pub fn new_uid() -> String {
     let b: [u8; 16] = rand::rng().random();
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
     // Version 4, RFC 4122 variant.
@@ -642,6 +644,14 @@ async fn create(
             return Ok((o, warnings));
         }
         let gr = kind.gr();
+        if app.storage.get(&key)?.is_some() {
+            return Err(ApiError::already_exists(&gr, &name));
+        }
+        let reserved = if kind.kind == "Service" {
+            crate::ipalloc::allocate(app, &mut o).await?
+        } else {
+            None
+        };
         let res = app
             .storage
             .mutate(&key, |cur| match cur {
@@ -649,6 +659,9 @@ async fn create(
                 None => Ok(Outcome::Put(o)),
             })
             .await;
+        if let (Err(_), Some(ip)) = (&res, reserved) {
+            crate::ipalloc::release(app, &ip.to_string(), ns.unwrap_or(""), &name).await?;
+        }
         match res {
             Ok((v, _)) => return Ok((v, warnings)),
             Err(e) if generate && e.reason == "AlreadyExists" && attempt < 7 => continue,
@@ -873,7 +886,7 @@ pub async fn delete_object(
 ) -> ApiResult<Value> {
     let key = kind.key(ns, name);
     let gr = kind.gr();
-    let (obj, _) = app
+    let (obj, ev) = app
         .storage
         .mutate(&key, |cur| {
             let cur = cur.ok_or_else(|| ApiError::not_found(&gr, name))?;
@@ -907,6 +920,10 @@ pub async fn delete_object(
             Ok(dry(out, is_dry))
         })
         .await?;
+    if ev == Some(EventType::Deleted) && kind.kind == "Service" {
+        crate::ipalloc::release(app, str_at(&obj, "spec.clusterIP"), ns.unwrap_or(""), name)
+            .await?;
+    }
     Ok(obj)
 }
 

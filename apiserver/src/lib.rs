@@ -6,6 +6,7 @@
 
 pub mod discovery;
 pub mod handlers;
+pub mod ipalloc;
 pub mod nsctl;
 pub mod patch;
 pub mod protobuf;

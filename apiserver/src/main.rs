@@ -18,9 +18,16 @@ struct Args {
     /// Address of the HTTPS listener (token auth required).
     #[arg(long, default_value = "127.0.0.1")]
     bind_address: IpAddr,
+    /// The Service ClusterIP range.
+    #[arg(long, default_value = skiff_core::config::DEFAULT_SERVICE_CIDR, value_parser = parse_cidr)]
+    service_cidr: skiff_core::config::Cidr,
     /// The node name (defaults to the host name), put in the serving certificate.
     #[arg(long)]
     node_name: Option<String>,
+}
+
+fn parse_cidr(s: &str) -> Result<skiff_core::config::Cidr, String> {
+    skiff_core::config::Cidr::parse(s)
 }
 
 fn hostname() -> String {
@@ -43,6 +50,7 @@ async fn main() -> Result<()> {
         api_port: args.api_port,
         bind: args.bind_address,
         node_name: args.node_name.unwrap_or_else(hostname),
+        service_cidr: args.service_cidr,
     };
     let running = start(&opts).await?;
     tracing::info!(

@@ -332,6 +332,21 @@ pub static KINDS: &[Kind] = &[
         schema: sch::<storage::StorageClass>,
     },
     Kind {
+        group: "networking.k8s.io",
+        version: "v1",
+        kind: "IPAddress",
+        plural: "ipaddresses",
+        singular: "ipaddress",
+        namespaced: false,
+        short_names: &["ip"],
+        categories: &[],
+        status: false,
+        name_rule: PathSegment,
+        field_selectors: &[],
+        roundtrip: rt::<networking::IPAddress>,
+        schema: sch::<networking::IPAddress>,
+    },
+    Kind {
         group: "discovery.k8s.io",
         version: "v1",
         kind: "EndpointSlice",
@@ -932,6 +947,26 @@ pub fn validate(kind: &str, o: &Value, old: Option<&Value>) -> Vec<Cause> {
                         b,
                         "may not change once set",
                     ));
+                }
+            }
+        }
+        "IPAddress" => {
+            let name = str_at(o, "metadata.name");
+            if name.parse::<std::net::IpAddr>().map(|ip| ip.to_string()) != Ok(name.to_string()) {
+                out.push(Cause::invalid(
+                    "metadata.name",
+                    name,
+                    "must be a canonical format IP address",
+                ));
+            }
+            for f in ["resource", "name"] {
+                if str_at(o, &format!("spec.parentRef.{f}")).is_empty() {
+                    out.push(Cause::required(format!("spec.parentRef.{f}"), ""));
+                }
+            }
+            if let Some(old) = old {
+                if old.get("spec") != o.get("spec") {
+                    out.push(Cause::invalid("spec.parentRef", "", "field is immutable"));
                 }
             }
         }

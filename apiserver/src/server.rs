@@ -30,6 +30,7 @@ pub struct Options {
     pub api_port: u16,
     pub bind: IpAddr,
     pub node_name: String,
+    pub service_cidr: skiff_core::config::Cidr,
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -69,6 +70,7 @@ pub async fn start(opts: &Options) -> Result<Running> {
         ns_wake: Notify::new(),
         server_address: format!("127.0.0.1:{}", opts.api_port),
         ca_pem: pki.ca_pem.clone(),
+        service_cidr: opts.service_cidr,
     });
     nsctl::bootstrap(&app)
         .await
