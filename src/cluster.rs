@@ -94,6 +94,7 @@ async fn supervise(
             Err(_) => (Stdio::null(), Stdio::null()),
         };
         let started = Instant::now();
+        let _ = fs::remove_file(paths.run().join(format!("{}.ready", d.name)));
         let child = tokio::process::Command::new(&d.program)
             .args(&d.args)
             .stdin(Stdio::null())
@@ -197,18 +198,34 @@ pub async fn up(data_dir: &Path, a: &UpArgs) -> Result<u8> {
     )?;
 
     let bins = bin_dir()?;
-    let daemons = vec![Daemon {
-        name: "apiserver",
-        program: bins.join("skiff-apiserver"),
-        args: vec![
-            "--data-dir".into(),
-            data_dir.display().to_string(),
-            "--api-port".into(),
-            a.api_port.to_string(),
-            "--service-cidr".into(),
-            svc.to_string(),
-        ],
-    }];
+    let daemons = vec![
+        Daemon {
+            name: "apiserver",
+            program: bins.join("skiff-apiserver"),
+            args: vec![
+                "--data-dir".into(),
+                data_dir.display().to_string(),
+                "--api-port".into(),
+                a.api_port.to_string(),
+                "--service-cidr".into(),
+                svc.to_string(),
+            ],
+        },
+        Daemon {
+            name: "netd",
+            program: bins.join("skiff-netd"),
+            args: vec![
+                "--data-dir".into(),
+                data_dir.display().to_string(),
+                "--pod-cidr".into(),
+                pod.to_string(),
+                "--service-cidr".into(),
+                svc.to_string(),
+                "--bridge".into(),
+                a.bridge.clone(),
+            ],
+        },
+    ];
     let names: Vec<&'static str> = daemons.iter().map(|d| d.name).collect();
     let state = Arc::new(Mutex::new(BTreeMap::new()));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -228,7 +245,11 @@ pub async fn up(data_dir: &Path, a: &UpArgs) -> Result<u8> {
     let mut last_health = Instant::now() - Duration::from_secs(10);
     loop {
         let api_ok = api_ready(&paths.socket()).await;
-        if api_ok && !ready {
+        let daemons_ok = names
+            .iter()
+            .filter(|n| **n != "apiserver")
+            .all(|n| paths.run().join(format!("{n}.ready")).exists());
+        if api_ok && daemons_ok && !ready {
             ready = true;
             println!("skiff is ready in {:.1}s", started.elapsed().as_secs_f64());
             println!("  kubeconfig: {}", paths.kubeconfig().display());
@@ -251,7 +272,12 @@ pub async fn up(data_dir: &Path, a: &UpArgs) -> Result<u8> {
             let mut text = String::new();
             for n in &names {
                 let s = st.get(n).cloned().unwrap_or_default();
-                let healthy = s.running && (*n != "apiserver" || api_ok);
+                let healthy = s.running
+                    && if *n == "apiserver" {
+                        api_ok
+                    } else {
+                        paths.run().join(format!("{n}.ready")).exists()
+                    };
                 text.push_str(&format!(
                     "{n} {} {} {}\n",
                     s.pid.unwrap_or(0),

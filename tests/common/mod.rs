@@ -16,6 +16,9 @@ use skiff_core::client::ApiClient;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// The daemons `skiff up` runs.
+pub const DAEMONS: &[&str] = &["apiserver", "netd"];
+
 /// Whether end-to-end tests can run here; prints a loud SKIP line when they cannot.
 pub fn can_run(test: &str) -> bool {
     if !nix::unistd::geteuid().is_root() {
@@ -233,6 +236,28 @@ impl Cluster {
         parse_curl(&out.stdout)
     }
 
+    /// The PID of `skiff up` (whose mount namespace holds the pod namespace mounts).
+    pub fn up_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.data.join("run/up.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// A command run inside a pod's network namespace (as a container of it would be).
+    pub fn in_pod_netns(&self, pod_uid: &str, program: &str) -> Command {
+        let up = self.up_pid().expect("skiff up pid");
+        let mut c = Command::new("nsenter");
+        c.args(["-t", &up.to_string(), "-m", "--", "nsenter"])
+            .arg(format!(
+                "--net={}",
+                self.data.join("run/netns").join(pod_uid).display()
+            ))
+            .args(["--", program]);
+        c
+    }
+
     pub fn pid_of(&self, daemon: &str) -> Option<i32> {
         std::fs::read_to_string(self.data.join("run").join(format!("{daemon}.pid")))
             .ok()?
@@ -266,10 +291,7 @@ impl Cluster {
             return;
         }
         self.stopped = true;
-        let daemons: Vec<i32> = ["apiserver"]
-            .iter()
-            .filter_map(|d| self.pid_of(d))
-            .collect();
+        let daemons: Vec<i32> = DAEMONS.iter().filter_map(|d| self.pid_of(d)).collect();
         if let Some(mut up) = self.up.take() {
             let pid = up.id() as i32;
             let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
@@ -319,7 +341,15 @@ impl Cluster {
         kill(Pid::from_raw(pid), Signal::SIGKILL).expect("kill -9");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if self.pid_of(daemon).is_some_and(|p| p != pid) && self.api_ok() {
+            let ready = if daemon == "apiserver" {
+                self.api_ok()
+            } else {
+                self.data
+                    .join("run")
+                    .join(format!("{daemon}.ready"))
+                    .exists()
+            };
+            if self.pid_of(daemon).is_some_and(|p| p != pid) && ready {
                 return pid;
             }
             assert!(Instant::now() < deadline, "{daemon} was not restarted");

@@ -1,0 +1,163 @@
+//! The `skiff-netd` daemon: pod networking for one skiff cluster.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+use kube::runtime::{watcher, Controller};
+use skiff_core::config::{self, Cidr, Paths};
+use skiff_netd::controller::{error_policy, reconcile, Ctx};
+use skiff_netd::ipam::Ipam;
+use skiff_netd::link::{Kernel, PodLinks};
+use skiff_netd::nft::{Nft, NftCommand};
+use skiff_netd::rules::{base_ruleset, delete_table, BaseConfig};
+
+#[derive(Parser)]
+#[command(name = "skiff-netd", about = "skiff pod networking")]
+struct Args {
+    #[arg(long, default_value = config::DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+    #[arg(long, default_value = config::DEFAULT_POD_CIDR, value_parser = Cidr::parse)]
+    pod_cidr: Cidr,
+    #[arg(long, default_value = config::DEFAULT_SERVICE_CIDR, value_parser = Cidr::parse)]
+    service_cidr: Cidr,
+    #[arg(long, default_value = config::DEFAULT_BRIDGE)]
+    bridge: String,
+    /// Masquerade pod traffic leaving the host (off by default: pod traffic stays on the host).
+    #[arg(long)]
+    masquerade: bool,
+}
+
+fn sysctl(path: &str, value: &str) -> Result<()> {
+    std::fs::write(path, value).with_context(|| format!("setting {path}"))
+}
+
+async fn client(paths: &Paths) -> Result<kube::Client> {
+    let kc_path = paths.kubeconfig();
+    for _ in 0..600 {
+        if let Ok(kc) = kube::config::Kubeconfig::read_from(&kc_path) {
+            if let Ok(cfg) = kube::Config::from_custom_kubeconfig(
+                kc,
+                &kube::config::KubeConfigOptions::default(),
+            )
+            .await
+            {
+                if let Ok(c) = kube::Client::try_from(cfg) {
+                    if c.apiserver_version().await.is_ok() {
+                        return Ok(c);
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("the API server did not answer at {}", kc_path.display())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let paths = Paths::new(&args.data_dir);
+    let netd_dir = args.data_dir.join("netd");
+    std::fs::create_dir_all(&netd_dir)?;
+    let netns_dir = paths.run().join("netns");
+    std::fs::create_dir_all(&netns_dir)?;
+
+    // Host side: the bridge, forwarding, bridged traffic visible to nftables, the safety rules.
+    let links = Kernel;
+    let ipam = Ipam::load(args.pod_cidr, &netd_dir.join("ipam.json"))?;
+    links
+        .ensure_bridge(&args.bridge, ipam.gateway(), ipam.prefix())
+        .await
+        .context("creating the bridge")?;
+    sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
+    if !std::path::Path::new("/proc/sys/net/bridge").exists() {
+        let _ = std::process::Command::new("modprobe")
+            .arg("br_netfilter")
+            .status();
+    }
+    if let Err(e) = sysctl("/proc/sys/net/bridge/bridge-nf-call-iptables", "1") {
+        tracing::warn!("bridged pod traffic is not visible to nftables: {e:#}");
+    }
+    let base = BaseConfig {
+        pod_cidr: args.pod_cidr,
+        service_cidr: args.service_cidr,
+        bridge: args.bridge.clone(),
+        masquerade: args.masquerade,
+    };
+    NftCommand
+        .apply(&base_ruleset(&base))
+        .context("installing the nftables rules")?;
+
+    let client = client(&paths).await?;
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        links: Kernel,
+        ipam: Mutex::new(ipam),
+        bridge: args.bridge.clone(),
+        netns_dir,
+    });
+
+    // Restart safety: drop whatever no existing pod explains before reconciling.
+    let pods = Api::<Pod>::all(client.clone())
+        .list(&Default::default())
+        .await?;
+    let live: HashSet<String> = pods
+        .items
+        .iter()
+        .filter(|p| {
+            p.metadata.deletion_timestamp.is_none()
+                || p.metadata
+                    .finalizers
+                    .iter()
+                    .flatten()
+                    .any(|f| f == skiff_netd::controller::FINALIZER)
+        })
+        .filter_map(|p| p.metadata.uid.clone())
+        .collect();
+    let removed = ctx.gc(&live).await?;
+    if removed > 0 {
+        tracing::info!("removed {removed} stale network objects");
+    }
+    let _ = std::fs::write(paths.run().join("netd.ready"), "");
+    tracing::info!("netd ready");
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    Controller::new(Api::<Pod>::all(client), watcher::Config::default())
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|_| async {})
+        .await;
+
+    // Orderly stop: remove the kernel state; the objects stay for the next start.
+    tracing::info!("netd stopping: removing pod networks, bridge and rules");
+    let _ = std::fs::remove_file(paths.run().join("netd.ready"));
+    if let Err(e) = ctx.teardown_all().await {
+        tracing::warn!("removing pod networks: {e}");
+    }
+    if let Err(e) = ctx.links.delete_link(&args.bridge).await {
+        tracing::warn!("removing the bridge: {e}");
+    }
+    if let Err(e) = NftCommand.apply(&delete_table()) {
+        tracing::warn!("removing the nftables table: {e}");
+    }
+    Ok(())
+}
