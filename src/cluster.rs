@@ -36,6 +36,9 @@ struct Daemon {
     name: &'static str,
     program: PathBuf,
     args: Vec<String>,
+    /// How long an orderly stop may take before SIGKILL (the kubelet stops pods within their
+    /// grace periods first).
+    stop_timeout: Duration,
 }
 
 #[derive(Clone, Default)]
@@ -138,7 +141,7 @@ async fn supervise(
                 if let Some(p) = pid {
                     let _ = kill(Pid::from_raw(p as i32), Signal::SIGTERM);
                 }
-                if tokio::time::timeout(Duration::from_secs(10), child.wait())
+                if tokio::time::timeout(d.stop_timeout, child.wait())
                     .await
                     .is_err()
                 {
@@ -201,6 +204,7 @@ pub async fn up(data_dir: &Path, a: &UpArgs) -> Result<u8> {
     let daemons = vec![
         Daemon {
             name: "apiserver",
+            stop_timeout: Duration::from_secs(10),
             program: bins.join("skiff-apiserver"),
             args: vec![
                 "--data-dir".into(),
@@ -213,6 +217,7 @@ pub async fn up(data_dir: &Path, a: &UpArgs) -> Result<u8> {
         },
         Daemon {
             name: "netd",
+            stop_timeout: Duration::from_secs(20),
             program: bins.join("skiff-netd"),
             args: vec![
                 "--data-dir".into(),
@@ -225,18 +230,32 @@ pub async fn up(data_dir: &Path, a: &UpArgs) -> Result<u8> {
                 a.bridge.clone(),
             ],
         },
+        Daemon {
+            name: "kubelet",
+            stop_timeout: Duration::from_secs(30),
+            program: bins.join("skiff-kubelet"),
+            args: vec![
+                "run".into(),
+                "--data-dir".into(),
+                data_dir.display().to_string(),
+                "--cluster-domain".into(),
+                a.cluster_domain.clone(),
+                "--service-cidr".into(),
+                svc.to_string(),
+                "--pod-cidr".into(),
+                pod.to_string(),
+            ],
+        },
     ];
     let names: Vec<&'static str> = daemons.iter().map(|d| d.name).collect();
     let state = Arc::new(Mutex::new(BTreeMap::new()));
-    let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     for d in daemons {
-        tasks.push(tokio::spawn(supervise(
-            d,
-            paths.clone(),
-            state.clone(),
-            stop_rx.clone(),
-        )));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        tasks.push((
+            tokio::spawn(supervise(d, paths.clone(), state.clone(), stop_rx)),
+            stop_tx,
+        ));
     }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -300,8 +319,9 @@ pub async fn up(data_dir: &Path, a: &UpArgs) -> Result<u8> {
         }
     }
     eprintln!("skiff: stopping");
-    let _ = stop_tx.send(true);
-    for t in tasks {
+    // Reverse start order: the kubelet stops the pods, then networking goes, then the API.
+    for (t, stop_tx) in tasks.into_iter().rev() {
+        let _ = stop_tx.send(true);
         let _ = t.await;
     }
     let _ = fs::remove_file(paths.health());

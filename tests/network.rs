@@ -14,7 +14,7 @@ use serde_json::Value;
 
 fn pod(c: &Cluster, name: &str) {
     let body = format!(
-        r#"{{"metadata":{{"name":"{name}","labels":{{"app":"{name}"}}}},"spec":{{"containers":[{{"name":"c","command":["sleep","3600"]}}]}}}}"#
+        r#"{{"metadata":{{"name":"{name}","labels":{{"app":"{name}"}}}},"spec":{{"terminationGracePeriodSeconds":0,"containers":[{{"name":"c","command":["sleep","3600"]}}]}}}}"#
     );
     let (code, v) = c.curl(
         "POST",
@@ -278,7 +278,7 @@ fn pod_create_delete_cycles_leave_nothing_behind() {
         return;
     }
     let c = Cluster::start("cycles");
-    for i in 0..100 {
+    for i in 0..200 {
         let name = format!("p{i}");
         pod(&c, &name);
         wait_ip(&c, &name);

@@ -20,6 +20,8 @@ use crate::link::{LinkError, PodLinks};
 use crate::netns;
 
 pub const FINALIZER: &str = "skiff.io/netd";
+/// The kubelet's finalizer: while present, the pod's processes may still be running.
+pub const KUBELET_FINALIZER: &str = "skiff.io/kubelet";
 /// Host-side veth names: this prefix plus 11 hex digits of the pod UID (the peer adds `p`,
 /// and names must fit in 15 bytes).
 pub const VETH_PREFIX: &str = "skv";
@@ -155,6 +157,16 @@ pub async fn reconcile<L: PodLinks>(pod: Arc<Pod>, ctx: Arc<Ctx<L>>) -> Result<A
         return Ok(Action::await_change());
     }
     if pod.metadata.deletion_timestamp.is_some() {
+        // The kubelet stops the containers first; the network goes after them.
+        if pod
+            .metadata
+            .finalizers
+            .iter()
+            .flatten()
+            .any(|f| f == KUBELET_FINALIZER)
+        {
+            return Ok(Action::await_change());
+        }
         if has_finalizer(&pod) {
             ctx.teardown(&uid).await?;
             let rest: Vec<&String> = pod

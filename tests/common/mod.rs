@@ -17,7 +17,7 @@ use skiff_core::client::ApiClient;
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// The daemons `skiff up` runs.
-pub const DAEMONS: &[&str] = &["apiserver", "netd"];
+pub const DAEMONS: &[&str] = &["apiserver", "netd", "kubelet"];
 
 /// Whether end-to-end tests can run here; prints a loud SKIP line when they cannot.
 pub fn can_run(test: &str) -> bool {
@@ -295,7 +295,7 @@ impl Cluster {
         if let Some(mut up) = self.up.take() {
             let pid = up.id() as i32;
             let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(30);
+            let deadline = Instant::now() + Duration::from_secs(60);
             loop {
                 if let Ok(Some(_)) = up.try_wait() {
                     break;
@@ -311,6 +311,15 @@ impl Cluster {
         for pid in daemons {
             if pid_alive(pid) && proc_is_ours(pid, &self.data) {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+        // Pod supervisors left by a failed run: kill each with its whole process group (the pod).
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            if let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() {
+                if proc_is_ours(pid, &self.data) {
+                    let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
             }
         }
         let _ = Command::new("ip")

@@ -1,0 +1,383 @@
+//! The kubelet's pod controller (kube-runtime): binds unscheduled pods to this node when their
+//! requests fit (else PodScheduled=False, Unschedulable), starts a shim for each pod once its
+//! network is ready, mirrors the shim's state into the pod's status, and on deletion stops the
+//! pod (grace period honoured by the shim) before releasing the `skiff.io/kubelet` finalizer.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::json;
+use skiff_core::quantity::{parse_bytes, parse_millicores};
+use thiserror::Error;
+
+use crate::plan::{pod_plan, Facts};
+use crate::shim;
+use crate::status::{differs, pod_status};
+
+pub const FINALIZER: &str = "skiff.io/kubelet";
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("kube: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("json: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+pub struct Ctx {
+    pub client: kube::Client,
+    pub node: String,
+    pub host_ip: String,
+    pub pods_dir: PathBuf,
+    pub logs_dir: PathBuf,
+    pub netns_dir: PathBuf,
+    pub facts: Facts,
+    pub masked: Vec<String>,
+    pub alloc_cpu_m: i64,
+    pub alloc_mem: i64,
+}
+
+/// What a pod asks for: (millicores, bytes). Requests default to limits, and init containers
+/// count by their maximum, as the scheduler computes it.
+pub fn requests(pod: &Pod) -> (i64, i64) {
+    let Some(spec) = &pod.spec else { return (0, 0) };
+    let one = |c: &k8s_openapi::api::core::v1::Container| {
+        let r = c.resources.clone().unwrap_or_default();
+        let get = |k: &str| {
+            r.requests
+                .as_ref()
+                .and_then(|m| m.get(k))
+                .or_else(|| r.limits.as_ref().and_then(|m| m.get(k)))
+                .map(|q| q.0.clone())
+        };
+        (
+            get("cpu").and_then(|q| parse_millicores(&q)).unwrap_or(0),
+            get("memory").and_then(|q| parse_bytes(&q)).unwrap_or(0),
+        )
+    };
+    let (mut cpu, mut mem) = spec
+        .containers
+        .iter()
+        .map(one)
+        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    for c in spec.init_containers.iter().flatten() {
+        let (ic, im) = one(c);
+        cpu = cpu.max(ic);
+        mem = mem.max(im);
+    }
+    (cpu, mem)
+}
+
+fn finished(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded") | Some("Failed")
+    )
+}
+
+fn pid_alive(pid: i32) -> bool {
+    pid > 0
+        && kill(Pid::from_raw(pid), None).is_ok()
+        && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit_once(')')
+                .is_none_or(|(_, r)| !r.trim_start().starts_with('Z'))
+        })
+}
+
+pub fn shim_pid(dir: &Path) -> Option<i32> {
+    std::fs::read_to_string(shim::pid_path(dir))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|p| pid_alive(*p))
+}
+
+/// Kills a shim and everything it started: they share its process group.
+pub fn kill_pod_group(shim: i32) {
+    let _ = kill(Pid::from_raw(-shim), Signal::SIGKILL);
+    let _ = kill(Pid::from_raw(shim), Signal::SIGKILL);
+}
+
+fn spawn_shim(dir: &Path) -> Result<(), Error> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe()?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("shim.log"))?;
+    let mut child = std::process::Command::new(exe)
+        .arg("shim")
+        .arg("--dir")
+        .arg(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        // Its own process group: signals aimed at the kubelet do not reach the pod.
+        .process_group(0)
+        .spawn()?;
+    // Reap it if it exits while this kubelet lives; it outlives a kubelet that dies.
+    std::thread::spawn(move || {
+        let _ = child.wait();
+    });
+    Ok(())
+}
+
+impl Ctx {
+    pub fn pod_dir(&self, uid: &str) -> PathBuf {
+        self.pods_dir.join(uid)
+    }
+
+    async fn fits(&self, pod: &Pod) -> Result<Option<String>, Error> {
+        let (cpu, mem) = requests(pod);
+        let on_node = Api::<Pod>::all(self.client.clone())
+            .list(&ListParams::default().fields(&format!("spec.nodeName={}", self.node)))
+            .await?;
+        let (mut used_cpu, mut used_mem, mut count) = (0, 0, 0);
+        for p in on_node
+            .items
+            .iter()
+            .filter(|p| !finished(p) && p.metadata.uid != pod.metadata.uid)
+        {
+            let (c, m) = requests(p);
+            used_cpu += c;
+            used_mem += m;
+            count += 1;
+        }
+        let mut short = Vec::new();
+        if used_cpu + cpu > self.alloc_cpu_m {
+            short.push("Insufficient cpu");
+        }
+        if used_mem + mem > self.alloc_mem {
+            short.push("Insufficient memory");
+        }
+        if count + 1 > crate::node::MAX_PODS as i64 {
+            short.push("Too many pods");
+        }
+        if short.is_empty() {
+            Ok(None)
+        } else {
+            Ok(Some(format!("0/1 nodes are available: {}. preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod.", short.iter().map(|s| format!("1 {s}")).collect::<Vec<_>>().join(", "))))
+        }
+    }
+
+    /// Stops a pod's shim (it applies the grace period); true once nothing runs. A shim still
+    /// there well after the grace period is killed with its whole pod.
+    fn stop(&self, uid: &str, overdue: bool) -> bool {
+        match shim_pid(&self.pod_dir(uid)) {
+            Some(pid) if overdue => {
+                kill_pod_group(pid);
+                false
+            }
+            Some(pid) => {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+                false
+            }
+            None => true,
+        }
+    }
+
+    /// Orderly shutdown of the node: stops every pod's shim and waits for them.
+    pub async fn stop_all(&self) {
+        let dirs: Vec<PathBuf> = std::fs::read_dir(&self.pods_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        for d in &dirs {
+            if let Some(pid) = shim_pid(d) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            }
+        }
+        // Node shutdown gives pods at most this long (as kubelet's shutdownGracePeriod).
+        for _ in 0..150 {
+            if dirs.iter().all(|d| shim_pid(d).is_none()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for d in &dirs {
+            if let Some(pid) = shim_pid(d) {
+                kill_pod_group(pid);
+            }
+        }
+    }
+}
+
+async fn patch_finalizers(api: &Api<Pod>, pod: &Pod, fins: Vec<String>) -> Result<bool, Error> {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let patch =
+        json!({"metadata": {"finalizers": fins, "resourceVersion": pod.metadata.resource_version}});
+    match api
+        .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let spec = pod.spec.clone().unwrap_or_default();
+    let node = spec.node_name.clone().unwrap_or_default();
+    let fins: Vec<String> = pod.metadata.finalizers.clone().unwrap_or_default();
+    let ours = fins.iter().any(|f| f == FINALIZER);
+
+    if pod.metadata.deletion_timestamp.is_some() {
+        if !ours {
+            return Ok(Action::await_change());
+        }
+        let grace = spec.termination_grace_period_seconds.unwrap_or(30).max(0);
+        let since = pod
+            .metadata
+            .deletion_timestamp
+            .as_ref()
+            .map(|t| jiff::Timestamp::now().as_second() - t.0.as_second())
+            .unwrap_or(0);
+        if !ctx.stop(&uid, since > grace + 10) {
+            return Ok(Action::requeue(Duration::from_millis(200)));
+        }
+        let _ = std::fs::remove_dir_all(ctx.pod_dir(&uid));
+        patch_finalizers(
+            &api,
+            &pod,
+            fins.into_iter().filter(|f| f != FINALIZER).collect(),
+        )
+        .await?;
+        return Ok(Action::await_change());
+    }
+    if node.is_empty() {
+        // The one node schedules: bind if the requests fit what is left.
+        if let Some(msg) = ctx.fits(&pod).await? {
+            let cond = json!({"status": {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": msg, "lastProbeTime": null, "lastTransitionTime": skiff_core::time::now_rfc3339()}]}});
+            let current = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .and_then(|c| c.iter().find(|c| c.type_ == "PodScheduled"))
+                .and_then(|c| c.message.clone());
+            if current.as_deref() != Some(msg.as_str()) {
+                api.patch_status(&name, &PatchParams::default(), &Patch::Merge(cond))
+                    .await?;
+            }
+            return Ok(Action::requeue(Duration::from_secs(2)));
+        }
+        let patch = json!({"metadata": {"resourceVersion": pod.metadata.resource_version}, "spec": {"nodeName": ctx.node}});
+        match api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+        return Ok(Action::await_change());
+    }
+    if node != ctx.node {
+        return Ok(Action::await_change());
+    }
+    if !ours {
+        let mut f = fins.clone();
+        f.push(FINALIZER.into());
+        patch_finalizers(&api, &pod, f).await?;
+        return Ok(Action::await_change());
+    }
+    let dir = ctx.pod_dir(&uid);
+    let running = shim_pid(&dir).is_some();
+    let state = shim::read_state(&dir);
+    if !running && (finished(&pod) || state.as_ref().is_some_and(|s| s.stopped)) {
+        // Done: record the final state once more.
+        if let Some(st) = state {
+            sync_status(&api, &pod, &st, &ctx).await?;
+        }
+        return Ok(Action::await_change());
+    }
+    let Some(pod_ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) else {
+        // Waiting for netd to give the pod its network.
+        return Ok(Action::requeue(Duration::from_millis(100)));
+    };
+    if !running {
+        std::fs::create_dir_all(&dir)?;
+        let facts = Facts {
+            pod_ip,
+            host_ip: ctx.host_ip.clone(),
+            node_name: ctx.node.clone(),
+            ..ctx.facts.clone()
+        };
+        let log_dir = ctx.logs_dir.join(format!("{ns}_{name}_{uid}"));
+        let mut plan = pod_plan(
+            &pod,
+            &ctx.netns_dir.join(&uid).display().to_string(),
+            &log_dir.display().to_string(),
+            &facts,
+        );
+        plan.masked = ctx.masked.clone();
+        std::fs::write(shim::plan_path(&dir), serde_json::to_vec_pretty(&plan)?)?;
+        let _ = std::fs::remove_file(shim::state_path(&dir));
+        spawn_shim(&dir)?;
+        return Ok(Action::requeue(Duration::from_millis(100)));
+    }
+    if let Some(st) = state {
+        sync_status(&api, &pod, &st, &ctx).await?;
+    }
+    Ok(Action::requeue(Duration::from_millis(500)))
+}
+
+async fn sync_status(
+    api: &Api<Pod>,
+    pod: &Pod,
+    st: &shim::PodState,
+    ctx: &Ctx,
+) -> Result<(), Error> {
+    let now = skiff_core::time::now_rfc3339();
+    let new = pod_status(pod, st, &ctx.host_ip, &now);
+    let old = serde_json::to_value(pod.status.clone().unwrap_or_default())?;
+    if differs(&old, &new) {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        match api
+            .patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": new})),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+pub fn error_policy(_pod: Arc<Pod>, err: &Error, _ctx: Arc<Ctx>) -> Action {
+    tracing::warn!("reconcile failed: {err}");
+    Action::requeue(Duration::from_secs(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_default_to_limits_and_count_init_max() {
+        let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": {
+            "initContainers": [{"name": "i", "resources": {"requests": {"cpu": "3", "memory": "10Mi"}}}],
+            "containers": [{"name": "a", "resources": {"limits": {"cpu": "500m", "memory": "64Mi"}}}, {"name": "b", "resources": {"requests": {"cpu": "250m"}}}]}})).unwrap();
+        assert_eq!(requests(&pod), (3000, 64 * 1024 * 1024));
+    }
+}

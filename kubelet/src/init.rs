@@ -1,0 +1,259 @@
+//! Container init: runs as PID 1 of a fresh PID namespace, inside new mount, UTS and IPC
+//! namespaces and the pod's network namespace (entered by `nsenter`/`unshare` before it runs).
+//! It builds the container's root — a copy-on-write overlay over the host root (or the image
+//! directory), fresh /proc, /dev, /sys (read-only) and /tmp, the pod's own /etc/hosts,
+//! /etc/resolv.conf and /etc/hostname, the cluster's data directory masked — pivots into it,
+//! sets the hostname and user, and execs the container's command.
+
+use std::ffi::CString;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InitConfig {
+    pub hostname: String,
+    /// Lower layer: `/` for the host root, or an image directory.
+    pub lower: String,
+    /// Where the writable layer lives (a directory the init mounts a tmpfs on).
+    pub scratch: String,
+    pub hosts: String,
+    pub resolv_conf: String,
+    /// Paths hidden from the container (the cluster's data directory).
+    pub masked: Vec<String>,
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub working_dir: String,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+fn none() -> Option<&'static str> {
+    None
+}
+
+fn bind(src: &Path, dst: &Path, ro: bool) -> Result<()> {
+    mount(Some(src), dst, none(), MsFlags::MS_BIND, none())
+        .with_context(|| format!("bind {} on {}", src.display(), dst.display()))?;
+    if ro {
+        mount(
+            none(),
+            dst,
+            none(),
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            none(),
+        )?;
+    }
+    Ok(())
+}
+
+fn ensure_file(p: &Path) -> Result<()> {
+    if let Some(d) = p.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    if !p.exists() {
+        std::fs::write(p, b"")?;
+    }
+    Ok(())
+}
+
+fn setup_dev(root: &Path) -> Result<()> {
+    let dev = root.join("dev");
+    std::fs::create_dir_all(&dev)?;
+    mount(
+        Some("tmpfs"),
+        &dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        Some("mode=755,size=65536k"),
+    )?;
+    for d in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let target = dev.join(d);
+        std::fs::write(&target, b"")?;
+        bind(&Path::new("/dev").join(d), &target, false)?;
+    }
+    for (name, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        std::os::unix::fs::symlink(target, dev.join(name))?;
+    }
+    let pts = dev.join("pts");
+    std::fs::create_dir_all(&pts)?;
+    mount(
+        Some("devpts"),
+        &pts,
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+    )?;
+    std::os::unix::fs::symlink("pts/ptmx", dev.join("ptmx"))?;
+    let shm = dev.join("shm");
+    std::fs::create_dir_all(&shm)?;
+    mount(
+        Some("shm"),
+        &shm,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=1777,size=65536k"),
+    )?;
+    Ok(())
+}
+
+/// Builds the root filesystem and returns its path.
+fn build_root(cfg: &InitConfig) -> Result<PathBuf> {
+    let scratch = Path::new(&cfg.scratch);
+    std::fs::create_dir_all(scratch)?;
+    // The writable layer is a tmpfs: discarded with the container, and valid as an overlay
+    // upper layer whatever the host's own filesystem is.
+    mount(
+        Some("tmpfs"),
+        scratch,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("mode=755"),
+    )?;
+    let (upper, work, root) = (
+        scratch.join("upper"),
+        scratch.join("work"),
+        scratch.join("root"),
+    );
+    for d in [&upper, &work, &root] {
+        std::fs::create_dir_all(d)?;
+    }
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        cfg.lower,
+        upper.display(),
+        work.display()
+    );
+    mount(
+        Some("overlay"),
+        &root,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(opts.as_str()),
+    )
+    .with_context(|| format!("overlay over {}", cfg.lower))?;
+    std::fs::create_dir_all(root.join("proc"))?;
+    mount(
+        Some("proc"),
+        &root.join("proc"),
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        none(),
+    )?;
+    std::fs::create_dir_all(root.join("sys"))?;
+    mount(
+        Some("sysfs"),
+        &root.join("sys"),
+        Some("sysfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY,
+        none(),
+    )?;
+    setup_dev(&root)?;
+    std::fs::create_dir_all(root.join("tmp"))?;
+    mount(
+        Some("tmpfs"),
+        &root.join("tmp"),
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )?;
+    for (name, content) in [
+        ("hosts", &cfg.hosts),
+        ("resolv.conf", &cfg.resolv_conf),
+        ("hostname", &format!("{}\n", cfg.hostname)),
+    ] {
+        let src = scratch.join(name);
+        std::fs::write(&src, content)?;
+        let dst = root.join("etc").join(name);
+        ensure_file(&dst)?;
+        bind(&src, &dst, false)?;
+    }
+    for m in &cfg.masked {
+        let p = root.join(m.trim_start_matches('/'));
+        if p.is_dir() {
+            mount(
+                Some("tmpfs"),
+                &p,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY,
+                Some("size=4k,mode=000"),
+            )?;
+        }
+    }
+    Ok(root)
+}
+
+fn pivot(root: &Path) -> Result<()> {
+    std::env::set_current_dir(root)?;
+    nix::unistd::pivot_root(".", ".").context("pivot_root")?;
+    umount2(".", MntFlags::MNT_DETACH).context("detaching the old root")?;
+    std::env::set_current_dir("/")?;
+    Ok(())
+}
+
+/// Runs the init; returns only on failure (success execs the command).
+pub fn run(cfg: &InitConfig) -> Result<()> {
+    if cfg.argv.is_empty() {
+        bail!(
+            "the container has no command (skiff runs `command`/`args`; images have no entrypoint)"
+        );
+    }
+    // Nothing we mount may leak back to the host.
+    mount(
+        none(),
+        "/",
+        none(),
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        none(),
+    )?;
+    let root = build_root(cfg)?;
+    nix::unistd::sethostname(&cfg.hostname)?;
+    pivot(&root)?;
+    let wd = if cfg.working_dir.is_empty() {
+        "/".to_string()
+    } else {
+        cfg.working_dir.clone()
+    };
+    std::fs::create_dir_all(&wd).ok();
+    std::env::set_current_dir(&wd).with_context(|| format!("workingDir {wd}"))?;
+    let mut cmd = std::process::Command::new(&cfg.argv[0]);
+    cmd.args(&cfg.argv[1..]).env_clear();
+    cmd.env(
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    );
+    cmd.env("HOSTNAME", &cfg.hostname);
+    cmd.env(
+        "HOME",
+        if cfg.uid.unwrap_or(0) == 0 {
+            "/root"
+        } else {
+            "/"
+        },
+    );
+    for (k, v) in &cfg.env {
+        cmd.env(k, v);
+    }
+    if let Some(g) = cfg.gid {
+        nix::unistd::setgroups(&[nix::unistd::Gid::from_raw(g)])?;
+        cmd.gid(g);
+    }
+    if let Some(u) = cfg.uid {
+        if cfg.gid.is_none() {
+            nix::unistd::setgroups(&[])?;
+        }
+        cmd.uid(u);
+    }
+    let err = cmd.exec();
+    // exec only returns on failure; 127/126 as shells report "not found"/"not executable".
+    let _ = CString::new("");
+    bail!("exec {:?}: {err}", cfg.argv[0])
+}

@@ -1,0 +1,12 @@
+//! skiff-kubelet: runs pods as plain host processes in their own Linux namespaces.
+//!
+//! The Node object ([`node`]), the pod → runtime plan ([`plan`]), the per-pod supervisor that
+//! holds the containers ([`shim`]), the container init that builds each root filesystem
+//! ([`init`]), pod status computation ([`status`]) and the controller ([`controller`]).
+
+pub mod controller;
+pub mod init;
+pub mod node;
+pub mod plan;
+pub mod shim;
+pub mod status;

@@ -1,0 +1,252 @@
+//! The `skiff-kubelet` binary: the node daemon (`run`), the per-pod supervisor (`shim`) and the
+//! container init (`init`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::{watcher, Controller};
+use skiff_core::config::{self, Cidr, Paths};
+use skiff_kubelet::controller::{error_policy, reconcile, Ctx};
+use skiff_kubelet::node::{node_object, node_status, HostInfo, RESERVED_MEMORY};
+use skiff_kubelet::plan::Facts;
+
+#[derive(Parser)]
+#[command(name = "skiff-kubelet", about = "skiff node agent")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the node daemon.
+    Run {
+        #[arg(long, default_value = config::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        node_name: Option<String>,
+        #[arg(long, default_value = config::DEFAULT_CLUSTER_DOMAIN)]
+        cluster_domain: String,
+        #[arg(long, default_value = config::DEFAULT_SERVICE_CIDR, value_parser = Cidr::parse)]
+        service_cidr: Cidr,
+        #[arg(long, default_value = config::DEFAULT_POD_CIDR, value_parser = Cidr::parse)]
+        pod_cidr: Cidr,
+    },
+    /// Supervise one pod (started by the kubelet).
+    Shim {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Set up a container and exec its command (started by a shim).
+    Init {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_lowercase())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+async fn client(paths: &Paths) -> Result<kube::Client> {
+    let kc_path = paths.kubeconfig();
+    for _ in 0..600 {
+        if let Ok(kc) = kube::config::Kubeconfig::read_from(&kc_path) {
+            if let Ok(cfg) = kube::Config::from_custom_kubeconfig(
+                kc,
+                &kube::config::KubeConfigOptions::default(),
+            )
+            .await
+            {
+                if let Ok(c) = kube::Client::try_from(cfg) {
+                    if c.apiserver_version().await.is_ok() {
+                        return Ok(c);
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("the API server did not answer at {}", kc_path.display())
+}
+
+async fn register(nodes: &Api<Node>, h: &HostInfo) -> Result<()> {
+    let now = skiff_core::time::now_rfc3339();
+    match nodes
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(node_object(h, &now))?,
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            nodes
+                .patch_status(
+                    &h.name,
+                    &PatchParams::default(),
+                    &Patch::Merge(serde_json::json!({"status": node_status(h, &now, &now)})),
+                )
+                .await?;
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn run(
+    data_dir: PathBuf,
+    node_name: Option<String>,
+    cluster_domain: String,
+    service_cidr: Cidr,
+    pod_cidr: Cidr,
+) -> Result<()> {
+    let paths = Paths::new(&data_dir);
+    let node = node_name.unwrap_or_else(hostname);
+    let host_ip = pod_cidr
+        .nth(1)
+        .map(|ip| ip.to_string())
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let host = HostInfo::detect(&node, &host_ip);
+    let client = client(&paths).await?;
+    let nodes: Api<Node> = Api::all(client.clone());
+    register(&nodes, &host)
+        .await
+        .context("registering the node")?;
+    let pods_dir = data_dir.join("kubelet/pods");
+    let logs_dir = data_dir.join("logs/pods");
+    std::fs::create_dir_all(&pods_dir)?;
+    std::fs::create_dir_all(&logs_dir)?;
+    let facts = Facts {
+        cluster_domain,
+        dns_ip: service_cidr
+            .nth(10)
+            .map(|i| i.to_string())
+            .unwrap_or_default(),
+        host_resolv_conf: std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        ..Default::default()
+    };
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        node: node.clone(),
+        host_ip,
+        pods_dir,
+        logs_dir,
+        netns_dir: paths.run().join("netns"),
+        facts,
+        masked: vec![data_dir.display().to_string()],
+        alloc_cpu_m: host.cpus as i64 * 1000,
+        alloc_mem: host.memory_bytes.saturating_sub(RESERVED_MEMORY) as i64,
+    });
+    // Heartbeats keep the Ready condition fresh.
+    {
+        let (nodes, host) = (nodes.clone(), host.clone());
+        tokio::spawn(async move {
+            let since = skiff_core::time::now_rfc3339();
+            loop {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                let now = skiff_core::time::now_rfc3339();
+                let _ = nodes
+                    .patch_status(
+                        &host.name,
+                        &PatchParams::default(),
+                        &Patch::Merge(
+                            serde_json::json!({"status": node_status(&host, &now, &since)}),
+                        ),
+                    )
+                    .await;
+            }
+        });
+    }
+    let _ = std::fs::write(paths.run().join("kubelet.ready"), "");
+    tracing::info!("kubelet ready as node {node}");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    Controller::new(Api::<Pod>::all(client), watcher::Config::default())
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|_| async {})
+        .await;
+    tracing::info!("kubelet stopping: stopping every pod");
+    let _ = std::fs::remove_file(paths.run().join("kubelet.ready"));
+    ctx.stop_all().await;
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Init { config } => {
+            let res = std::fs::read(&config)
+                .map_err(anyhow::Error::from)
+                .and_then(|b| Ok(serde_json::from_slice(&b)?))
+                .and_then(|cfg| skiff_kubelet::init::run(&cfg));
+            if let Err(e) = res {
+                eprintln!("skiff init: {e:#}");
+            }
+            // Exec failed: report as a shell would for a command that cannot run.
+            std::process::ExitCode::from(127)
+        }
+        Cmd::Shim { dir } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            match rt
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(skiff_kubelet::shim::run(&dir)))
+            {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("skiff shim: {e:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Run {
+            data_dir,
+            node_name,
+            cluster_domain,
+            service_cidr,
+            pod_cidr,
+        } => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info".into()),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build();
+            match rt.map_err(anyhow::Error::from).and_then(|rt| {
+                rt.block_on(run(
+                    data_dir,
+                    node_name,
+                    cluster_domain,
+                    service_cidr,
+                    pod_cidr,
+                ))
+            }) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("skiff-kubelet: {e:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,454 @@
+//! The per-pod supervisor (as containerd's shim): holds the pod's containers as its children,
+//! so they survive restarts of any daemon. It runs init containers in order, then the
+//! containers, restarts them per `restartPolicy` with back-off, writes their output to CRI-format
+//! log files, records their states in `state.json` for the kubelet, and on SIGTERM stops them
+//! gracefully (SIGTERM, the grace period, then SIGKILL).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use tokio::sync::{watch, Mutex};
+
+use crate::init::InitConfig;
+use crate::plan::{ContainerPlan, PodPlan};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ContainerState {
+    pub name: String,
+    /// `waiting`, `running` or `terminated`.
+    pub state: String,
+    pub reason: String,
+    pub message: String,
+    pub exit_code: i32,
+    pub started_at: String,
+    pub finished_at: String,
+    pub restart_count: i32,
+    pub pid: u32,
+    pub last_terminated: Option<Box<ContainerState>>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PodState {
+    pub init_containers: Vec<ContainerState>,
+    pub containers: Vec<ContainerState>,
+    /// Every init container has succeeded.
+    pub initialized: bool,
+    /// The shim has stopped everything (pod deleted or finished).
+    pub stopped: bool,
+}
+
+pub fn plan_path(dir: &Path) -> PathBuf {
+    dir.join("plan.json")
+}
+pub fn state_path(dir: &Path) -> PathBuf {
+    dir.join("state.json")
+}
+pub fn pid_path(dir: &Path) -> PathBuf {
+    dir.join("shim.pid")
+}
+
+pub fn read_state(dir: &Path) -> Option<PodState> {
+    serde_json::from_slice(&std::fs::read(state_path(dir)).ok()?).ok()
+}
+
+fn now() -> String {
+    skiff_core::time::now_rfc3339()
+}
+
+fn waiting(name: &str, reason: &str) -> ContainerState {
+    ContainerState {
+        name: name.into(),
+        state: "waiting".into(),
+        reason: reason.into(),
+        ..Default::default()
+    }
+}
+
+struct Shared {
+    dir: PathBuf,
+    state: Mutex<PodState>,
+}
+
+impl Shared {
+    async fn update(&self, f: impl FnOnce(&mut PodState)) {
+        let mut st = self.state.lock().await;
+        f(&mut st);
+        let tmp = self.dir.join("state.json.tmp");
+        if let Ok(b) = serde_json::to_vec(&*st) {
+            if std::fs::write(&tmp, b).is_ok() {
+                let _ = std::fs::rename(&tmp, state_path(&self.dir));
+            }
+        }
+    }
+}
+
+/// Copies a stream into a CRI log file: `<RFC3339Nano> <stream> F <line>`.
+async fn pump(r: impl AsyncRead + Unpin, stream: &'static str, log: Arc<Mutex<tokio::fs::File>>) {
+    let mut lines = BufReader::new(r).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let ts = jiff::Timestamp::now();
+        let rec = format!(
+            "{} {stream} F {line}\n",
+            ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        );
+        let mut f = log.lock().await;
+        let _ = f.write_all(rec.as_bytes()).await;
+    }
+}
+
+fn kubelet_exe() -> PathBuf {
+    std::env::current_exe().unwrap_or_else(|_| PathBuf::from("skiff-kubelet"))
+}
+
+/// The host PID of the container's PID 1: the child of the `unshare` process.
+fn container_pid(unshare_pid: u32) -> Option<u32> {
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if ppid == Some(unshare_pid) {
+                return Some(pid);
+            }
+        }
+    }
+    None
+}
+
+/// Runs one container once; returns its exit code (128+signal when killed).
+async fn run_once(
+    plan: &PodPlan,
+    c: &ContainerPlan,
+    shared: &Shared,
+    restart: i32,
+    stop: &mut watch::Receiver<bool>,
+    init: bool,
+) -> Result<i32> {
+    let cdir = shared.dir.join("containers").join(&c.name);
+    std::fs::create_dir_all(&cdir)?;
+    let cfg = InitConfig {
+        hostname: plan.hostname.clone(),
+        lower: if c.image.is_empty() || c.image == "host" {
+            "/".into()
+        } else {
+            c.image.clone()
+        },
+        scratch: cdir.join("rootfs").display().to_string(),
+        hosts: plan.hosts.clone(),
+        resolv_conf: plan.resolv_conf.clone(),
+        masked: plan.masked.clone(),
+        argv: c.argv.clone(),
+        env: c.env.clone(),
+        working_dir: c.working_dir.clone(),
+        uid: c.uid.and_then(|u| u32::try_from(u).ok()),
+        gid: c.gid.and_then(|g| u32::try_from(g).ok()),
+    };
+    let cfg_path = cdir.join("init.json");
+    std::fs::write(&cfg_path, serde_json::to_vec(&cfg)?)?;
+    let log_dir = Path::new(&plan.log_dir).join(&c.name);
+    std::fs::create_dir_all(&log_dir)?;
+    let log = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_dir.join(format!("{restart}.log")))
+        .await?;
+    let log = Arc::new(Mutex::new(log));
+    let mut child = tokio::process::Command::new("nsenter")
+        .arg(format!("--net={}", plan.netns))
+        .args([
+            "--",
+            "unshare",
+            "--mount",
+            "--uts",
+            "--ipc",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "--propagation",
+            "private",
+            "--",
+        ])
+        .arg(kubelet_exe())
+        .args(["init", "--config"])
+        .arg(&cfg_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting the container")?;
+    let unshare_pid = child.id().unwrap_or(0);
+    let outs = [
+        child
+            .stdout
+            .take()
+            .map(|o| tokio::spawn(pump(o, "stdout", log.clone()))),
+        child
+            .stderr
+            .take()
+            .map(|e| tokio::spawn(pump(e, "stderr", log.clone()))),
+    ];
+    let name = c.name.clone();
+    let started = now();
+    shared
+        .update(|st| {
+            let list = if init {
+                &mut st.init_containers
+            } else {
+                &mut st.containers
+            };
+            if let Some(cs) = list.iter_mut().find(|x| x.name == name) {
+                let last = if cs.state == "terminated" {
+                    Some(Box::new(cs.clone()))
+                } else {
+                    cs.last_terminated.take()
+                };
+                *cs = ContainerState {
+                    name: name.clone(),
+                    state: "running".into(),
+                    started_at: started.clone(),
+                    restart_count: restart,
+                    pid: unshare_pid,
+                    last_terminated: last,
+                    ..Default::default()
+                };
+            }
+        })
+        .await;
+    let status = tokio::select! {
+        s = child.wait() => s?,
+        _ = stop.changed() => {
+            // Graceful stop: SIGTERM to the container's PID 1, then SIGKILL after the grace period.
+            if let Some(p) = container_pid(unshare_pid) {
+                let _ = kill(Pid::from_raw(p as i32), Signal::SIGTERM);
+            }
+            let grace = Duration::from_secs(plan.termination_grace_seconds.max(0) as u64);
+            match tokio::time::timeout(grace, child.wait()).await {
+                Ok(s) => s?,
+                Err(_) => {
+                    if let Some(p) = container_pid(unshare_pid) {
+                        let _ = kill(Pid::from_raw(p as i32), Signal::SIGKILL);
+                    }
+                    let _ = kill(Pid::from_raw(unshare_pid as i32), Signal::SIGKILL);
+                    child.wait().await?
+                }
+            }
+        }
+    };
+    for h in outs.into_iter().flatten() {
+        let _ = h.await;
+    }
+    use std::os::unix::process::ExitStatusExt;
+    let code = status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    let finished = now();
+    let name = c.name.clone();
+    shared
+        .update(|st| {
+            let list = if init {
+                &mut st.init_containers
+            } else {
+                &mut st.containers
+            };
+            if let Some(cs) = list.iter_mut().find(|x| x.name == name) {
+                cs.state = "terminated".into();
+                cs.exit_code = code;
+                cs.reason = if code == 0 {
+                    "Completed".into()
+                } else {
+                    "Error".into()
+                };
+                cs.finished_at = finished;
+                cs.pid = 0;
+            }
+        })
+        .await;
+    Ok(code)
+}
+
+fn should_restart(policy: &str, code: i32) -> bool {
+    match policy {
+        "Always" => true,
+        "OnFailure" => code != 0,
+        _ => false,
+    }
+}
+
+/// Kubernetes' crash back-off: 10s doubling to 5 minutes.
+pub fn backoff(restarts: i32) -> Duration {
+    let secs = 10u64.saturating_mul(1u64 << restarts.clamp(0, 5) as u32);
+    Duration::from_secs(secs.min(300))
+}
+
+async fn supervise(
+    plan: Arc<PodPlan>,
+    c: ContainerPlan,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    init: bool,
+) -> i32 {
+    let mut restarts = 0;
+    loop {
+        if *stop.borrow() {
+            return 0;
+        }
+        let code = match run_once(&plan, &c, &shared, restarts, &mut stop, init).await {
+            Ok(code) => code,
+            Err(e) => {
+                let (name, msg) = (c.name.clone(), format!("{e:#}"));
+                shared
+                    .update(|st| {
+                        let list = if init {
+                            &mut st.init_containers
+                        } else {
+                            &mut st.containers
+                        };
+                        if let Some(cs) = list.iter_mut().find(|x| x.name == name) {
+                            *cs = ContainerState {
+                                reason: "RunContainerError".into(),
+                                message: msg,
+                                ..waiting(&name, "")
+                            };
+                        }
+                    })
+                    .await;
+                128
+            }
+        };
+        if *stop.borrow() {
+            return code;
+        }
+        let restart = if init {
+            code != 0 && plan.restart_policy != "Never"
+        } else {
+            should_restart(&plan.restart_policy, code)
+        };
+        if !restart {
+            return code;
+        }
+        let wait = backoff(restarts);
+        restarts += 1;
+        let name = c.name.clone();
+        shared
+            .update(|st| {
+                let list = if init {
+                    &mut st.init_containers
+                } else {
+                    &mut st.containers
+                };
+                if let Some(cs) = list.iter_mut().find(|x| x.name == name) {
+                    let last = Some(Box::new(cs.clone()));
+                    *cs = ContainerState {
+                        message: format!(
+                            "back-off {}s restarting failed container={name}",
+                            wait.as_secs()
+                        ),
+                        restart_count: restarts,
+                        last_terminated: last,
+                        ..waiting(&name, "CrashLoopBackOff")
+                    };
+                }
+            })
+            .await;
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return code,
+        }
+    }
+}
+
+/// The shim's main: runs the pod in `dir` until it finishes or is told to stop.
+pub async fn run(dir: &Path) -> Result<()> {
+    let plan: PodPlan = serde_json::from_slice(&std::fs::read(plan_path(dir))?)?;
+    let plan = Arc::new(plan);
+    std::fs::write(pid_path(dir), std::process::id().to_string())?;
+    let initial = PodState {
+        init_containers: plan
+            .init_containers
+            .iter()
+            .map(|c| waiting(&c.name, "PodInitializing"))
+            .collect(),
+        containers: plan
+            .containers
+            .iter()
+            .map(|c| waiting(&c.name, "ContainerCreating"))
+            .collect(),
+        initialized: plan.init_containers.is_empty(),
+        stopped: false,
+    };
+    let shared = Arc::new(Shared {
+        dir: dir.to_path_buf(),
+        state: Mutex::new(PodState::default()),
+    });
+    shared.update(|st| *st = initial).await;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let work = {
+        let (plan, shared, stop_rx) = (plan.clone(), shared.clone(), stop_rx.clone());
+        async move {
+            for c in plan.init_containers.clone() {
+                let code = supervise(plan.clone(), c, shared.clone(), stop_rx.clone(), true).await;
+                if code != 0 || *stop_rx.borrow() {
+                    return;
+                }
+            }
+            shared.update(|st| st.initialized = true).await;
+            let tasks: Vec<_> = plan
+                .containers
+                .clone()
+                .into_iter()
+                .map(|c| {
+                    tokio::spawn(supervise(
+                        plan.clone(),
+                        c,
+                        shared.clone(),
+                        stop_rx.clone(),
+                        false,
+                    ))
+                })
+                .collect();
+            for t in tasks {
+                let _ = t.await;
+            }
+        }
+    };
+    let mut work = Box::pin(work);
+    tokio::select! {
+        _ = &mut work => {}
+        _ = term.recv() => {
+            let _ = stop_tx.send(true);
+            work.await;
+        }
+    }
+    shared.update(|st| st.stopped = true).await;
+    let _ = std::fs::remove_file(pid_path(dir));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_rules_and_backoff() {
+        assert!(should_restart("Always", 0));
+        assert!(should_restart("OnFailure", 1));
+        assert!(!should_restart("OnFailure", 0));
+        assert!(!should_restart("Never", 1));
+        assert_eq!(backoff(0), Duration::from_secs(10));
+        assert_eq!(backoff(1), Duration::from_secs(20));
+        assert_eq!(backoff(4), Duration::from_secs(160));
+        assert_eq!(backoff(9), Duration::from_secs(300));
+    }
+}

@@ -1,0 +1,332 @@
+//! End-to-end tests of pods (kubelet + netd): real processes in their own namespaces, with
+//! their own addresses, files, hostnames and status, as a user of kubectl would check them.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{can_run, Cluster};
+use serde_json::{json, Value};
+
+fn create(c: &Cluster, pod: Value) {
+    let (code, v) = c.curl(
+        "POST",
+        "/api/v1/namespaces/default/pods",
+        Some(&pod.to_string()),
+        "application/json",
+    );
+    assert_eq!(code, 201, "{v}");
+}
+
+fn get(c: &Cluster, name: &str) -> Value {
+    c.curl(
+        "GET",
+        &format!("/api/v1/namespaces/default/pods/{name}"),
+        None,
+        "application/json",
+    )
+    .1
+}
+
+fn wait_for(c: &Cluster, name: &str, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let p = get(c, name);
+        if f(&p) {
+            return p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}: timed out waiting for {what}: {p}\nkubelet log:\n{}",
+            c.daemon_log("kubelet")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn phase(p: &Value) -> &str {
+    p["status"]["phase"].as_str().unwrap_or("")
+}
+
+/// The container's log (CRI format) as plain lines.
+fn logs(c: &Cluster, p: &Value, container: &str) -> String {
+    let dir = c
+        .data
+        .join("logs/pods")
+        .join(format!(
+            "default_{}_{}",
+            p["metadata"]["name"].as_str().unwrap(),
+            p["metadata"]["uid"].as_str().unwrap()
+        ))
+        .join(container);
+    let mut out = String::new();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    for f in files {
+        for l in std::fs::read_to_string(f).unwrap_or_default().lines() {
+            // <time> <stream> <P|F> <message>
+            let parts: Vec<&str> = l.splitn(4, ' ').collect();
+            assert!(
+                parts.len() == 4
+                    && (parts[1] == "stdout" || parts[1] == "stderr")
+                    && parts[2] == "F",
+                "not CRI format: {l}"
+            );
+            out.push_str(parts[3]);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn server(name: &str) -> Value {
+    json!({"metadata": {"name": name, "labels": {"app": name}}, "spec": {"terminationGracePeriodSeconds": 1, "containers": [{"name": "web", "image": "host", "command": ["python3", "-u", "-m", "http.server", "8080"]}]}})
+}
+
+#[test]
+fn pods_run_reach_each_other_and_report_status() {
+    if !can_run("pods_run_reach_each_other_and_report_status") {
+        return;
+    }
+    let c = Cluster::start("pods");
+    create(&c, server("b"));
+    let b = wait_for(&c, "b", "Running", |p| phase(p) == "Running");
+    let ipb = b["status"]["podIP"].as_str().unwrap().to_string();
+    assert_eq!(
+        b["spec"]["nodeName"].as_str().map(str::is_empty),
+        Some(false)
+    );
+    assert_eq!(b["status"]["containerStatuses"][0]["ready"], true);
+    let cond = |p: &Value, t: &str| {
+        p["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["type"] == t)
+            .map(|x| x["status"].as_str().unwrap_or("").to_string())
+    };
+    for t in ["PodScheduled", "Initialized", "ContainersReady", "Ready"] {
+        assert_eq!(cond(&b, t).as_deref(), Some("True"), "{t}: {b}");
+    }
+    // Pod a reaches b by its address; b sees a's own address.
+    create(
+        &c,
+        json!({"metadata": {"name": "a"}, "spec": {"terminationGracePeriodSeconds": 1, "containers": [{"name": "client", "command": ["sh", "-c", "for i in 1 2 3 4 5 6 7 8 9 10; do curl -s -o /dev/null -w 'code=%{http_code}\\n' http://$(B_IP):8080/ && break; sleep 0.5; done; hostname -i; sleep 3600"], "env": [{"name": "B_IP", "value": ipb}]}]}}),
+    );
+    let a = wait_for(&c, "a", "Running", |p| phase(p) == "Running");
+    let ipa = a["status"]["podIP"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !logs(&c, &a, "client").contains("code=200") {
+        assert!(
+            Instant::now() < deadline,
+            "a never reached b: {}",
+            logs(&c, &a, "client")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        logs(&c, &b, "web").contains(&format!("{ipa} - - ")),
+        "b did not see a's address:\n{}",
+        logs(&c, &b, "web")
+    );
+    // The host reaches the pod.
+    let out = c
+        .netns_cmd("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "3",
+            &format!("http://{ipb}:8080/"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+
+    // A pod's files, names and exit code are its own.
+    let marker = format!("/etc/skiff-e2e-{}", std::process::id());
+    create(
+        &c,
+        json!({"metadata": {"name": "iso"}, "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "command": ["sh", "-c", format!("echo written > {marker} && cat {marker}; echo host=$(hostname); cat /etc/resolv.conf; grep iso /etc/hosts; echo pid1=$(cat /proc/1/comm); echo env=$MY_POD/$MY_NS; exit 3")],
+        "env": [{"name": "MY_POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}, {"name": "MY_NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}]}]}}),
+    );
+    let iso = wait_for(&c, "iso", "Failed", |p| phase(p) == "Failed");
+    let term = &iso["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(
+        (term["exitCode"].as_i64(), term["reason"].as_str()),
+        (Some(3), Some("Error")),
+        "{iso}"
+    );
+    let out = logs(&c, &iso, "c");
+    assert!(out.contains("written"), "{out}");
+    assert!(
+        !std::path::Path::new(&marker).exists(),
+        "the pod changed the host's /etc"
+    );
+    assert!(out.contains("host=iso"), "{out}");
+    assert!(
+        out.contains("nameserver 10.96.0.10")
+            && out.contains("search default.svc.cluster.local svc.cluster.local cluster.local")
+            && out.contains("options ndots:5"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "{}\tiso",
+            iso["status"]["podIP"].as_str().unwrap()
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("pid1=sh"),
+        "not in its own PID namespace: {out}"
+    );
+    assert!(out.contains("env=iso/default"), "{out}");
+
+    // Success, and init containers run first, in order.
+    create(
+        &c,
+        json!({"metadata": {"name": "ok"}, "spec": {"restartPolicy": "OnFailure",
+        "initContainers": [{"name": "one", "command": ["sh", "-c", "echo first"]}, {"name": "two", "command": ["sh", "-c", "echo second"]}],
+        "containers": [{"name": "main", "command": ["sh", "-c", "echo main"]}]}}),
+    );
+    let ok = wait_for(&c, "ok", "Succeeded", |p| phase(p) == "Succeeded");
+    let inits = ok["status"]["initContainerStatuses"].as_array().unwrap();
+    assert_eq!(inits.len(), 2);
+    assert!(inits
+        .iter()
+        .all(|s| s["state"]["terminated"]["reason"] == "Completed"));
+    assert!(
+        inits[0]["state"]["terminated"]["finishedAt"].as_str()
+            <= inits[1]["state"]["terminated"]["startedAt"].as_str()
+    );
+    assert_eq!(logs(&c, &ok, "main").trim(), "main");
+
+    // A crashing container is restarted with back-off.
+    create(
+        &c,
+        json!({"metadata": {"name": "crash"}, "spec": {"containers": [{"name": "c", "command": ["sh", "-c", "echo boom; exit 1"]}]}}),
+    );
+    let crash = wait_for(&c, "crash", "CrashLoopBackOff", |p| {
+        p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+    });
+    assert_eq!(crash["status"]["containerStatuses"][0]["restartCount"], 1);
+    assert_eq!(
+        crash["status"]["containerStatuses"][0]["lastState"]["terminated"]["exitCode"],
+        1
+    );
+    let t = String::from_utf8_lossy(&c.skiff(&["get", "pod", "crash"]).stdout).into_owned();
+    assert!(t.contains("CrashLoopBackOff"), "{t}");
+
+    // Requests beyond what the node has: Pending, Unschedulable, naming the resource.
+    create(
+        &c,
+        json!({"metadata": {"name": "huge"}, "spec": {"containers": [{"name": "c", "command": ["true"], "resources": {"requests": {"cpu": "1000"}}}]}}),
+    );
+    let huge = wait_for(&c, "huge", "Unschedulable", |p| {
+        p["status"]["conditions"]
+            .as_array()
+            .is_some_and(|cs| cs.iter().any(|x| x["reason"] == "Unschedulable"))
+    });
+    assert_eq!(phase(&huge), "Pending");
+    let msg = huge["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["type"] == "PodScheduled")
+        .unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(msg.contains("Insufficient cpu"), "{msg}");
+
+    // kill -9 of the kubelet: the pods keep running and stay reachable.
+    c.kill9("kubelet");
+    let out = c
+        .netns_cmd("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "3",
+            &format!("http://{ipb}:8080/"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    let b2 = get(&c, "b");
+    assert_eq!(
+        b2["status"]["containerStatuses"][0]["restartCount"], 0,
+        "b was restarted: {b2}"
+    );
+
+    // Deletion: the processes stop (grace period), then the object goes.
+    let t0 = Instant::now();
+    assert_eq!(
+        c.curl(
+            "DELETE",
+            "/api/v1/namespaces/default/pods/b",
+            None,
+            "application/json"
+        )
+        .0,
+        200
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c
+        .curl(
+            "GET",
+            "/api/v1/namespaces/default/pods/b",
+            None,
+            "application/json",
+        )
+        .0
+        != 404
+    {
+        assert!(
+            Instant::now() < deadline,
+            "b was never deleted:\n{}",
+            c.daemon_log("kubelet")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("deleted in {:?}", t0.elapsed());
+    let out = c
+        .netns_cmd("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "1",
+            &format!("http://{ipb}:8080/"),
+        ])
+        .output()
+        .unwrap();
+    assert_ne!(String::from_utf8_lossy(&out.stdout), "200");
+    // The node is registered and Ready.
+    let (_, nodes) = c.curl("GET", "/api/v1/nodes", None, "application/json");
+    let node = &nodes["items"][0];
+    assert!(node["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|x| x["type"] == "Ready" && x["status"] == "True"));
+    assert!(node["status"]["allocatable"]["cpu"].is_string());
+    c.stop();
+}
