@@ -821,6 +821,32 @@ pub async fn delete(
     Ok(code)
 }
 
+/// Streams a pod's log to stdout.
+pub async fn logs(c: &ApiClient, path: &str) -> Result<u8> {
+    use std::io::Write;
+    let (status, mut body) = c.stream(path, Some("*/*")).await?;
+    if status != 200 {
+        let mut text = Vec::new();
+        while let Some(chunk) = body.next_chunk().await? {
+            text.extend_from_slice(&chunk);
+        }
+        let v: Value = serde_json::from_slice(&text).unwrap_or(Value::Null);
+        bail!(
+            "{}",
+            v["message"]
+                .as_str()
+                .map(String::from)
+                .unwrap_or_else(|| String::from_utf8_lossy(&text).into_owned())
+        );
+    }
+    let mut out = std::io::stdout();
+    while let Some(chunk) = body.next_chunk().await? {
+        out.write_all(&chunk)?;
+        out.flush()?;
+    }
+    Ok(0)
+}
+
 /// Evaluates a simple JSONPath (`{.status.phase}`, `{.status.conditions[0].type}`).
 pub fn jsonpath<'a>(v: &'a Value, expr: &str) -> Option<&'a Value> {
     let e = expr

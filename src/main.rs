@@ -112,6 +112,23 @@ enum Cmd {
         #[arg(long, default_value = "60s")]
         timeout: String,
     },
+    /// Print the logs of a container in a pod.
+    Logs {
+        /// POD (or pod/POD).
+        pod: String,
+        #[arg(short = 'c', long)]
+        container: Option<String>,
+        #[arg(short = 'f', long)]
+        follow: bool,
+        #[arg(short = 'p', long)]
+        previous: bool,
+        #[arg(long)]
+        tail: Option<i64>,
+        #[arg(long)]
+        timestamps: bool,
+        #[command(flatten)]
+        scope: Scope,
+    },
     /// Wait for a condition on resources: --for=condition=Ready, --for=delete,
     /// --for=jsonpath='{.status.phase}'=Running.
     Wait {
@@ -210,6 +227,41 @@ async fn run(cli: Cli) -> Result<u8> {
                 *all,
                 *wait,
                 commands::parse_duration(timeout)?,
+            )
+            .await
+        }
+        Cmd::Logs {
+            pod,
+            container,
+            follow,
+            previous,
+            tail,
+            timestamps,
+            scope,
+        } => {
+            let c = client(&cli)?;
+            let ns = scope
+                .namespace
+                .clone()
+                .unwrap_or_else(|| c.namespace.clone());
+            let name = pod
+                .strip_prefix("pod/")
+                .or_else(|| pod.strip_prefix("pods/"))
+                .unwrap_or(pod);
+            let mut q = vec![
+                format!("follow={follow}"),
+                format!("previous={previous}"),
+                format!("timestamps={timestamps}"),
+            ];
+            if let Some(cn) = container {
+                q.push(format!("container={cn}"));
+            }
+            if let Some(t) = tail.filter(|t| *t >= 0) {
+                q.push(format!("tailLines={t}"));
+            }
+            commands::logs(
+                &c,
+                &format!("/api/v1/namespaces/{ns}/pods/{name}/log?{}", q.join("&")),
             )
             .await
         }

@@ -86,6 +86,7 @@ fn logs(c: &Cluster, p: &Value, container: &str) -> String {
     out
 }
 
+#[allow(dead_code)]
 fn server(name: &str) -> Value {
     json!({"metadata": {"name": name, "labels": {"app": name}}, "spec": {"terminationGracePeriodSeconds": 1, "containers": [{"name": "web", "image": "host", "command": ["python3", "-u", "-m", "http.server", "8080"]}]}})
 }
@@ -328,5 +329,117 @@ fn pods_run_reach_each_other_and_report_status() {
         .iter()
         .any(|x| x["type"] == "Ready" && x["status"] == "True"));
     assert!(node["status"]["allocatable"]["cpu"].is_string());
+    c.stop();
+}
+
+#[test]
+fn logs_through_the_api_with_kubectl_and_skiff() {
+    if !can_run("logs_through_the_api_with_kubectl_and_skiff") {
+        return;
+    }
+    let c = Cluster::start("logs");
+    create(
+        &c,
+        json!({"metadata": {"name": "talker"}, "spec": {"terminationGracePeriodSeconds": 0, "containers": [{"name": "c", "command": ["sh", "-c", "for i in 1 2 3 4 5; do echo line $i; done; echo oops >&2; i=6; while true; do echo line $i; i=$((i+1)); sleep 0.2; done"]}]}}),
+    );
+    create(
+        &c,
+        json!({"metadata": {"name": "two"}, "spec": {"terminationGracePeriodSeconds": 0, "containers": [{"name": "first", "command": ["sh", "-c", "echo from-first; sleep 3600"]}, {"name": "second", "command": ["sh", "-c", "echo from-second; sleep 3600"]}]}}),
+    );
+    create(
+        &c,
+        json!({"metadata": {"name": "crash"}, "spec": {"restartPolicy": "OnFailure", "containers": [{"name": "c", "command": ["sh", "-c", "echo attempt; exit 1"]}]}}),
+    );
+    wait_for(&c, "talker", "Running", |p| phase(p) == "Running");
+    wait_for(&c, "two", "Running", |p| phase(p) == "Running");
+    wait_for(&c, "crash", "a crash", |p| {
+        p["status"]["containerStatuses"][0]["restartCount"] == 1
+    });
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Over the socket, as the API serves it.
+    let out = std::process::Command::new("curl")
+        .args(["-s", "--unix-socket"])
+        .arg(c.socket())
+        .arg("http://localhost/api/v1/namespaces/default/pods/talker/log?tailLines=100")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    for i in 1..=5 {
+        assert!(text.contains(&format!("line {i}\n")), "{text}");
+    }
+    assert!(text.contains("oops"), "stderr missing: {text}");
+    let (code, v) = c.curl(
+        "GET",
+        "/api/v1/namespaces/default/pods/two/log",
+        None,
+        "application/json",
+    );
+    assert_eq!(code, 400);
+    assert!(
+        v["message"].as_str().unwrap().contains(
+            "a container name must be specified for pod two, choose one of: [first second]"
+        ),
+        "{v}"
+    );
+    assert_eq!(
+        c.curl(
+            "GET",
+            "/api/v1/namespaces/default/pods/nope/log",
+            None,
+            "application/json"
+        )
+        .0,
+        404
+    );
+
+    if common::have_kubectl("logs (kubectl part)") {
+        let o = common::ok(&c.kubectl(&["logs", "talker", "--tail=2"]));
+        assert_eq!(o.lines().count(), 2, "{o}");
+        let o = common::ok(&c.kubectl(&["logs", "talker", "--timestamps", "--tail=1"]));
+        assert!(
+            o.split_whitespace()
+                .next()
+                .unwrap()
+                .parse::<jiff::Timestamp>()
+                .is_ok(),
+            "{o}"
+        );
+        assert_eq!(
+            common::ok(&c.kubectl(&["logs", "two", "-c", "second"])).trim(),
+            "from-second"
+        );
+        assert!(common::ok(&c.kubectl(&["logs", "crash", "--previous"])).contains("attempt"));
+        // -f keeps streaming new lines.
+        let mut f = c
+            .netns_cmd("kubectl")
+            .arg("--kubeconfig")
+            .arg(c.kubeconfig())
+            .args(["logs", "-f", "talker"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+        let _ = f.kill();
+        let out = String::from_utf8_lossy(&f.wait_with_output().unwrap().stdout).into_owned();
+        let last: u32 = out
+            .lines()
+            .filter_map(|l| l.strip_prefix("line ")?.parse().ok())
+            .max()
+            .unwrap_or(0);
+        let before: u32 = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("line ")?.parse().ok())
+            .max()
+            .unwrap_or(0);
+        assert!(
+            last > before + 3,
+            "follow did not stream: {before} then {last}"
+        );
+    }
+    let o = common::ok(&c.skiff(&["logs", "talker", "--tail", "1"]));
+    assert!(o.starts_with("line "), "{o}");
+    let o = c.skiff(&["logs", "two"]);
+    assert!(!o.status.success() && common::stderr(&o).contains("container name must be specified"));
     c.stop();
 }

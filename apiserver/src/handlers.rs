@@ -41,6 +41,8 @@ pub struct App {
     pub ca_pem: String,
     /// The Service ClusterIP range.
     pub service_cidr: skiff_core::config::Cidr,
+    /// The kubelet's root-only socket (logs and exec are proxied there).
+    pub kubelet_socket: std::path::PathBuf,
 }
 
 type Q = HashMap<String, String>;
@@ -219,6 +221,13 @@ async fn resource(
     body: Body,
 ) -> ApiResult<Response> {
     let t = parse_target(group, version, rest)?;
+    if t.kind.kind == "Pod" && t.sub.as_deref() == Some("log") && method == Method::GET {
+        let (ns, name) = (
+            t.ns.as_deref().unwrap_or("default"),
+            t.name.as_deref().unwrap_or(""),
+        );
+        return pod_log(app, ns, name, q).await;
+    }
     if let Some(sub) = &t.sub {
         let ok =
             (sub == "status" && t.kind.status) || (sub == "finalize" && t.kind.kind == "Namespace");
@@ -339,6 +348,95 @@ async fn resource(
             "the server does not allow this method on the requested resource ({method})"
         ))),
     }
+}
+
+/// `GET .../pods/{name}/log`: checks the pod and container, then streams the kubelet's answer.
+async fn pod_log(app: &Arc<App>, ns: &str, name: &str, q: &Q) -> ApiResult<Response> {
+    let kind = registry::by_kind("Pod").ok_or_else(|| ApiError::internal("Pod kind missing"))?;
+    let pod = app
+        .storage
+        .get(&kind.key(Some(ns), name))?
+        .ok_or_else(|| ApiError::not_found("pods", name))?;
+    let names = |k: &str| -> Vec<String> {
+        pod["spec"][k]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["name"].as_str())
+            .map(String::from)
+            .collect()
+    };
+    let (containers, inits) = (names("containers"), names("initContainers"));
+    let container = match q.get("container").filter(|c| !c.is_empty()) {
+        Some(c) => {
+            if !containers.contains(c) && !inits.contains(c) {
+                return Err(ApiError::bad_request(format!(
+                    "container {c} is not valid for pod {name}"
+                )));
+            }
+            c.clone()
+        }
+        None if containers.len() == 1 => containers[0].clone(),
+        None => {
+            let mut msg = format!(
+                "a container name must be specified for pod {name}, choose one of: [{}]",
+                containers.join(" ")
+            );
+            if !inits.is_empty() {
+                msg.push_str(&format!(
+                    " or one of the init containers: [{}]",
+                    inits.join(" ")
+                ));
+            }
+            return Err(ApiError::bad_request(msg));
+        }
+    };
+    let mut query = format!("uid={}", str_at(&pod, "metadata.uid"));
+    for k in [
+        "follow",
+        "previous",
+        "timestamps",
+        "tailLines",
+        "sinceSeconds",
+        "limitBytes",
+    ] {
+        if let Some(v) = q.get(k) {
+            query.push_str(&format!("&{k}={v}"));
+        }
+    }
+    let path = format!("/containerLogs/{ns}/{name}/{container}?{query}");
+    let stream = tokio::net::UnixStream::connect(&app.kubelet_socket)
+        .await
+        .map_err(|e| ApiError::internal(format!("the kubelet is not reachable: {e}")))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(ApiError::internal)?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let req = axum::http::Request::builder()
+        .uri(path)
+        .header(header::HOST, "kubelet")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .map_err(ApiError::internal)?;
+    let resp = sender.send_request(req).await.map_err(ApiError::internal)?;
+    if resp.status() != StatusCode::OK {
+        use http_body_util::BodyExt;
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        return Err(ApiError::bad_request(
+            String::from_utf8_lossy(&body).into_owned(),
+        ));
+    }
+    let mut r = Response::new(Body::new(resp.into_body()));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    Ok(r)
 }
 
 /// `fieldValidation`: what to do with fields the type does not have.

@@ -71,6 +71,7 @@ pub async fn start(opts: &Options) -> Result<Running> {
         server_address: format!("127.0.0.1:{}", opts.api_port),
         ca_pem: pki.ca_pem.clone(),
         service_cidr: opts.service_cidr,
+        kubelet_socket: paths.run().join("kubelet.sock"),
     });
     nsctl::bootstrap(&app)
         .await

@@ -6,7 +6,9 @@
 
 pub mod controller;
 pub mod init;
+pub mod logs;
 pub mod node;
 pub mod plan;
+pub mod server;
 pub mod shim;
 pub mod status;

@@ -166,6 +166,18 @@ async fn run(
             }
         });
     }
+    {
+        let server = skiff_kubelet::server::Server {
+            logs_root: ctx.logs_dir.clone(),
+            pods_dir: ctx.pods_dir.clone(),
+        };
+        let sock = paths.run().join("kubelet.sock");
+        tokio::spawn(async move {
+            if let Err(e) = skiff_kubelet::server::serve(sock, server).await {
+                tracing::error!("kubelet API socket: {e}");
+            }
+        });
+    }
     let _ = std::fs::write(paths.run().join("kubelet.ready"), "");
     tracing::info!("kubelet ready as node {node}");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

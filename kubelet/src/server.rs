@@ -1,0 +1,208 @@
+//! The kubelet's API, on a root-only Unix socket the API server proxies to (as the Kubernetes
+//! API server proxies to the kubelet's port): `GET /containerLogs/{ns}/{pod}/{container}`.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use crate::logs::{self, Options};
+use crate::shim;
+
+type Body = BoxBody<Bytes, Infallible>;
+
+pub struct Server {
+    pub logs_root: PathBuf,
+    pub pods_dir: PathBuf,
+}
+
+fn text(code: StatusCode, s: String) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(s)).boxed());
+    *r.status_mut() = code;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain"),
+    );
+    r
+}
+
+fn query(req: &Request<Incoming>) -> HashMap<String, String> {
+    req.uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+fn running(pods_dir: &Path, uid: &str, container: &str) -> bool {
+    shim::read_state(&pods_dir.join(uid)).is_some_and(|st| {
+        st.containers
+            .iter()
+            .chain(st.init_containers.iter())
+            .any(|c| c.name == container && c.state == "running")
+    })
+}
+
+impl Server {
+    async fn container_logs(
+        &self,
+        ns: &str,
+        pod: &str,
+        container: &str,
+        q: &HashMap<String, String>,
+    ) -> Response<Body> {
+        let uid = q.get("uid").map(String::as_str);
+        let Some(dir) = logs::container_dir(&self.logs_root, ns, pod, uid, container) else {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("container {container:?} in pod {pod:?} is waiting to start: no logs yet"),
+            );
+        };
+        let previous = q.get("previous").is_some_and(|v| v == "true");
+        let is_running = running(&self.pods_dir, uid.unwrap_or(""), container);
+        if previous && is_running && logs::log_file(&dir, true, true).is_none() {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("previous terminated container {container:?} in pod {pod:?} not found"),
+            );
+        }
+        let Some(file) = logs::log_file(&dir, previous, is_running) else {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("previous terminated container {container:?} in pod {pod:?} not found"),
+            );
+        };
+        let opts = Options {
+            tail_lines: q.get("tailLines").and_then(|v| v.parse().ok()),
+            since_seconds: q.get("sinceSeconds").and_then(|v| v.parse().ok()),
+            timestamps: q.get("timestamps").is_some_and(|v| v == "true"),
+            limit_bytes: q.get("limitBytes").and_then(|v| v.parse().ok()),
+        };
+        let now = jiff::Timestamp::now().as_second();
+        let Ok(content) = tokio::fs::read_to_string(&file).await else {
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("reading {}", file.display()),
+            );
+        };
+        let first = logs::render(&content, &opts, now);
+        let follow = q.get("follow").is_some_and(|v| v == "true") && !previous;
+        if !follow {
+            return text(StatusCode::OK, first);
+        }
+        // Follow: send what is there, then whatever is appended while the container runs.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+        let (uid, container, pods_dir) = (
+            uid.map(String::from).unwrap_or_default(),
+            container.to_string(),
+            self.pods_dir.clone(),
+        );
+        let mut offset = content.len() as u64;
+        let render_opts = Options {
+            timestamps: opts.timestamps,
+            ..Default::default()
+        };
+        tokio::spawn(async move {
+            if tx.send(Bytes::from(first)).await.is_err() {
+                return;
+            }
+            let mut partial = String::new();
+            let mut idle_after_stop = 0;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = tx.closed() => return,
+                }
+                let mut buf = String::new();
+                if let Ok(mut f) = tokio::fs::File::open(&file).await {
+                    if f.seek(std::io::SeekFrom::Start(offset)).await.is_ok() {
+                        let _ = f.read_to_string(&mut buf).await;
+                    }
+                }
+                offset += buf.len() as u64;
+                partial.push_str(&buf);
+                if let Some(pos) = partial.rfind('\n') {
+                    let complete: String = partial.drain(..=pos).collect();
+                    let out = logs::render(&complete, &render_opts, 0);
+                    if !out.is_empty() && tx.send(Bytes::from(out)).await.is_err() {
+                        return;
+                    }
+                }
+                if buf.is_empty() && !running(&pods_dir, &uid, &container) {
+                    idle_after_stop += 1;
+                    if idle_after_stop > 2 {
+                        return;
+                    }
+                }
+            }
+        });
+        let stream = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv()
+                .await
+                .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+        });
+        let mut r = Response::new(StreamBody::new(stream).boxed());
+        r.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("text/plain"),
+        );
+        r
+    }
+
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+        let q = query(&req);
+        let segs: Vec<String> = req
+            .uri()
+            .path()
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect();
+        let resp = match segs
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .as_slice()
+        {
+            ["containerLogs", ns, pod, container] => {
+                self.container_logs(ns, pod, container, &q).await
+            }
+            ["healthz"] => text(StatusCode::OK, "ok".into()),
+            _ => text(StatusCode::NOT_FOUND, "not found".into()),
+        };
+        Ok(resp)
+    }
+}
+
+/// Serves the kubelet API on `sock` (mode 0600) until the task is dropped.
+pub async fn serve(sock: PathBuf, server: Server) -> std::io::Result<()> {
+    let _ = std::fs::remove_file(&sock);
+    let listener = tokio::net::UnixListener::bind(&sock)?;
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))?;
+    let server = Arc::new(server);
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let server = server.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| server.clone().handle(req));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .with_upgrades()
+                .await;
+        });
+    }
+}
