@@ -443,3 +443,87 @@ fn logs_through_the_api_with_kubectl_and_skiff() {
     assert!(!o.status.success() && common::stderr(&o).contains("container name must be specified"));
     c.stop();
 }
+
+#[test]
+fn probes_drive_readiness_and_restarts() {
+    if !can_run("probes_drive_readiness_and_restarts") {
+        return;
+    }
+    let c = Cluster::start("probes");
+    let ready_cond = |p: &Value| {
+        p["status"]["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|x| x["type"] == "Ready"))
+            .map(|x| x["status"] == "True")
+            .unwrap_or(false)
+    };
+    create(
+        &c,
+        json!({"metadata": {"name": "flip"}, "spec": {"terminationGracePeriodSeconds": 0, "containers": [{"name": "c",
+        "command": ["sh", "-c", "sleep 2; touch /tmp/ready; sleep 4; rm /tmp/ready; sleep 3600"],
+        "readinessProbe": {"exec": {"command": ["test", "-f", "/tmp/ready"]}, "periodSeconds": 1, "failureThreshold": 1}}]}}),
+    );
+    create(
+        &c,
+        json!({"metadata": {"name": "live"}, "spec": {"terminationGracePeriodSeconds": 0, "containers": [{"name": "c",
+        "command": ["sh", "-c", "touch /tmp/alive; sleep 2; rm /tmp/alive; sleep 3600"],
+        "livenessProbe": {"exec": {"command": ["test", "-f", "/tmp/alive"]}, "periodSeconds": 1, "failureThreshold": 2}}]}}),
+    );
+    create(
+        &c,
+        json!({"metadata": {"name": "web"}, "spec": {"terminationGracePeriodSeconds": 0, "containers": [{"name": "c",
+        "command": ["python3", "-m", "http.server", "8080"], "ports": [{"name": "http", "containerPort": 8080}],
+        "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
+        "livenessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1, "initialDelaySeconds": 1}}]}}),
+    );
+    create(
+        &c,
+        json!({"metadata": {"name": "deaf"}, "spec": {"terminationGracePeriodSeconds": 0, "containers": [{"name": "c",
+        "command": ["sleep", "3600"], "livenessProbe": {"tcpSocket": {"port": 9}, "periodSeconds": 1, "failureThreshold": 1}}]}}),
+    );
+
+    // Running but not Ready until the probe passes, then Ready, then not Ready again.
+    let p = wait_for(&c, "flip", "Running", |p| phase(p) == "Running");
+    assert!(!ready_cond(&p), "ready before its probe passed: {p}");
+    assert_eq!(p["status"]["containerStatuses"][0]["ready"], false);
+    wait_for(&c, "flip", "Ready", ready_cond);
+    wait_for(&c, "flip", "not Ready again", |p| {
+        !ready_cond(p) && phase(p) == "Running"
+    });
+    assert_eq!(
+        get(&c, "flip")["status"]["containerStatuses"][0]["restartCount"],
+        0,
+        "readiness must not restart"
+    );
+
+    // A failing liveness probe restarts the container.
+    let live = wait_for(&c, "live", "a liveness restart", |p| {
+        p["status"]["containerStatuses"][0]["restartCount"]
+            .as_i64()
+            .unwrap_or(0)
+            >= 1
+    });
+    assert!(
+        live["status"]["containerStatuses"][0]["lastState"]["terminated"].is_object(),
+        "{live}"
+    );
+    let deaf = wait_for(&c, "deaf", "a tcpSocket liveness restart", |p| {
+        p["status"]["containerStatuses"][0]["restartCount"]
+            .as_i64()
+            .unwrap_or(0)
+            >= 1
+    });
+    assert_eq!(phase(&deaf), "Running");
+
+    // httpGet readiness on a named port, tcpSocket liveness that passes: Ready, never restarted.
+    let web = wait_for(&c, "web", "Ready", ready_cond);
+    std::thread::sleep(Duration::from_secs(3));
+    let web2 = get(&c, "web");
+    assert_eq!(
+        web2["status"]["containerStatuses"][0]["restartCount"], 0,
+        "{web2}"
+    );
+    assert!(ready_cond(&web2));
+    assert_eq!(web["status"]["containerStatuses"][0]["started"], true);
+    c.stop();
+}

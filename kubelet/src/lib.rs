@@ -9,6 +9,7 @@ pub mod init;
 pub mod logs;
 pub mod node;
 pub mod plan;
+pub mod probe;
 pub mod server;
 pub mod shim;
 pub mod status;

@@ -15,6 +15,8 @@ pub struct PodPlan {
     pub name: String,
     pub hostname: String,
     pub netns: String,
+    #[serde(default)]
+    pub pod_ip: String,
     pub restart_policy: String,
     pub termination_grace_seconds: i64,
     pub init_containers: Vec<ContainerPlan>,
@@ -39,6 +41,15 @@ pub struct ContainerPlan {
     pub gid: Option<i64>,
     pub privileged: bool,
     pub memory_limit: Option<i64>,
+    /// Named container ports (for probes).
+    #[serde(default)]
+    pub ports: Vec<(String, i32)>,
+    #[serde(default)]
+    pub readiness: Option<k8s_openapi::api::core::v1::Probe>,
+    #[serde(default)]
+    pub liveness: Option<k8s_openapi::api::core::v1::Probe>,
+    #[serde(default)]
+    pub startup: Option<k8s_openapi::api::core::v1::Probe>,
 }
 
 /// Facts about the node and pod the downward API can expose.
@@ -256,6 +267,15 @@ fn container_plan(pod: &Pod, c: &Container, f: &Facts) -> ContainerPlan {
         gid: sc.run_as_group.or(pod_sc.run_as_group),
         privileged: sc.privileged == Some(true),
         memory_limit,
+        ports: c
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| Some((p.name.clone()?, p.container_port)))
+            .collect(),
+        readiness: c.readiness_probe.clone(),
+        liveness: c.liveness_probe.clone(),
+        startup: c.startup_probe.clone(),
     }
 }
 
@@ -273,6 +293,7 @@ pub fn pod_plan(pod: &Pod, netns: &str, log_dir: &str, f: &Facts) -> PodPlan {
         name,
         hostname: hostname.clone(),
         netns: netns.to_string(),
+        pod_ip: f.pod_ip.clone(),
         restart_policy: spec
             .restart_policy
             .clone()

@@ -32,6 +32,12 @@ pub struct ContainerState {
     pub restart_count: i32,
     pub pid: u32,
     pub last_terminated: Option<Box<ContainerState>>,
+    /// Passing its readiness probe (or running, without one).
+    #[serde(default)]
+    pub ready: bool,
+    /// Past its startup probe (or running, without one).
+    #[serde(default)]
+    pub started: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -126,11 +132,133 @@ fn container_pid(unshare_pid: u32) -> Option<u32> {
     None
 }
 
+fn shared_dir_state(s: &Arc<Shared>) -> Arc<Shared> {
+    s.clone()
+}
+
+/// Runs the container's probes while it runs: startup first, then liveness and readiness.
+/// Readiness sets `ready`; a failing liveness or startup probe asks for the container to be
+/// killed (it is then restarted per the restart policy).
+async fn probe_loop(
+    pod_ip: String,
+    c: ContainerPlan,
+    shared: Arc<Shared>,
+    unshare_pid: u32,
+    kill_tx: tokio::sync::mpsc::Sender<String>,
+) {
+    use crate::probe::{run, Target, Tracker, Verdict};
+    let start = tokio::time::Instant::now();
+    let name = c.name.clone();
+    let set = |ready: Option<bool>, started: Option<bool>| {
+        let (shared, name) = (shared.clone(), name.clone());
+        async move {
+            shared
+                .update(|st| {
+                    if let Some(cs) = st
+                        .containers
+                        .iter_mut()
+                        .find(|x| x.name == name && x.state == "running")
+                    {
+                        if let Some(r) = ready {
+                            cs.ready = r;
+                        }
+                        if let Some(s) = started {
+                            cs.started = s;
+                        }
+                    }
+                })
+                .await
+        }
+    };
+    let mut startup = c
+        .startup
+        .as_ref()
+        .map(|p| (p.clone(), Tracker::new(p), start));
+    let mut liveness = c
+        .liveness
+        .as_ref()
+        .map(|p| (p.clone(), Tracker::new(p), start));
+    let mut readiness = c
+        .readiness
+        .as_ref()
+        .map(|p| (p.clone(), Tracker::new(p), start));
+    set(
+        Some(readiness.is_none() && startup.is_none()),
+        Some(startup.is_none()),
+    )
+    .await;
+    let mut target = Target {
+        pod_ip,
+        ports: c.ports.clone(),
+        pid: None,
+        env: c.env.clone(),
+    };
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if target.pid.is_none() {
+            target.pid = container_pid(unshare_pid);
+        }
+        let now = tokio::time::Instant::now();
+        let due = |slot: &mut Option<(
+            k8s_openapi::api::core::v1::Probe,
+            Tracker,
+            tokio::time::Instant,
+        )>|
+         -> Option<k8s_openapi::api::core::v1::Probe> {
+            let (p, tr, next) = slot.as_mut()?;
+            let first = *next == start;
+            let at = if first {
+                start + tr.initial_delay
+            } else {
+                *next
+            };
+            if now < at {
+                return None;
+            }
+            *next = now + tr.period;
+            Some(p.clone())
+        };
+        if startup.is_some() {
+            if let Some(p) = due(&mut startup) {
+                let ok = run(&p, &target).await.is_ok();
+                let v = startup.as_mut().map(|(_, tr, _)| tr.record(ok));
+                match v {
+                    Some(Verdict::Passing) => {
+                        startup = None;
+                        set(Some(readiness.is_none()), Some(true)).await;
+                    }
+                    Some(Verdict::Failing) => {
+                        let _ = kill_tx.send("Startup probe failed".into()).await;
+                        return;
+                    }
+                    _ => {}
+                }
+            }
+            continue;
+        }
+        if let Some(p) = due(&mut liveness) {
+            let ok = run(&p, &target).await.is_ok();
+            if liveness.as_mut().map(|(_, tr, _)| tr.record(ok)) == Some(Verdict::Failing) {
+                let _ = kill_tx.send("Liveness probe failed".into()).await;
+                return;
+            }
+        }
+        if let Some(p) = due(&mut readiness) {
+            let ok = run(&p, &target).await.is_ok();
+            match readiness.as_mut().map(|(_, tr, _)| tr.record(ok)) {
+                Some(Verdict::Passing) => set(Some(true), None).await,
+                Some(Verdict::Failing) => set(Some(false), None).await,
+                _ => {}
+            }
+        }
+    }
+}
+
 /// Runs one container once; returns its exit code (128+signal when killed).
 async fn run_once(
     plan: &PodPlan,
     c: &ContainerPlan,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     restart: i32,
     stop: &mut watch::Receiver<bool>,
     init: bool,
@@ -225,10 +353,31 @@ async fn run_once(
             }
         })
         .await;
-    let status = tokio::select! {
-        s = child.wait() => s?,
-        _ = stop.changed() => {
-            // Graceful stop: SIGTERM to the container's PID 1, then SIGKILL after the grace period.
+    let (kill_tx, mut kill_rx) = tokio::sync::mpsc::channel::<String>(1);
+    let probes = if init {
+        None
+    } else {
+        Some(tokio::spawn(probe_loop(
+            plan.pod_ip.clone(),
+            c.clone(),
+            shared_dir_state(shared),
+            unshare_pid,
+            kill_tx,
+        )))
+    };
+    let killed = tokio::select! {
+        s = child.wait() => Err(s),
+        _ = stop.changed() => Ok(None),
+        why = kill_rx.recv() => Ok(why),
+    };
+    if let Some(p) = probes {
+        p.abort();
+    }
+    let status = match killed {
+        Err(s) => s?,
+        Ok(_) => {
+            // Graceful stop (deletion, or a failed liveness/startup probe): SIGTERM to the
+            // container's PID 1, then SIGKILL after the grace period.
             if let Some(p) = container_pid(unshare_pid) {
                 let _ = kill(Pid::from_raw(p as i32), Signal::SIGTERM);
             }
@@ -285,9 +434,12 @@ fn should_restart(policy: &str, code: i32) -> bool {
     }
 }
 
-/// Kubernetes' crash back-off: 10s doubling to 5 minutes.
+/// Kubernetes' crash back-off: the first restart is immediate, then 10s doubling to 5 minutes.
 pub fn backoff(restarts: i32) -> Duration {
-    let secs = 10u64.saturating_mul(1u64 << restarts.clamp(0, 5) as u32);
+    if restarts <= 0 {
+        return Duration::ZERO;
+    }
+    let secs = 10u64.saturating_mul(1u64 << (restarts - 1).clamp(0, 5) as u32);
     Duration::from_secs(secs.min(300))
 }
 
@@ -338,7 +490,11 @@ async fn supervise(
             return code;
         }
         let wait = backoff(restarts);
+        let shown = restarts;
         restarts += 1;
+        if wait.is_zero() {
+            continue;
+        }
         let name = c.name.clone();
         shared
             .update(|st| {
@@ -354,7 +510,7 @@ async fn supervise(
                             "back-off {}s restarting failed container={name}",
                             wait.as_secs()
                         ),
-                        restart_count: restarts,
+                        restart_count: shown,
                         last_terminated: last,
                         ..waiting(&name, "CrashLoopBackOff")
                     };
@@ -446,9 +602,10 @@ mod tests {
         assert!(should_restart("OnFailure", 1));
         assert!(!should_restart("OnFailure", 0));
         assert!(!should_restart("Never", 1));
-        assert_eq!(backoff(0), Duration::from_secs(10));
-        assert_eq!(backoff(1), Duration::from_secs(20));
-        assert_eq!(backoff(4), Duration::from_secs(160));
+        assert_eq!(backoff(0), Duration::ZERO);
+        assert_eq!(backoff(1), Duration::from_secs(10));
+        assert_eq!(backoff(2), Duration::from_secs(20));
+        assert_eq!(backoff(5), Duration::from_secs(160));
         assert_eq!(backoff(9), Duration::from_secs(300));
     }
 }

@@ -8,10 +8,22 @@ use serde_json::{json, Value};
 use crate::shim::{ContainerState, PodState};
 
 fn state_json(cs: &ContainerState) -> Value {
+    // Timestamps are set only when known: an empty string is not a valid time.
+    let ts = |v: &mut Value, k: &str, t: &str| {
+        if !t.is_empty() {
+            v[k] = json!(t);
+        }
+    };
     match cs.state.as_str() {
-        "running" => json!({"running": {"startedAt": cs.started_at}}),
+        "running" => {
+            let mut r = json!({});
+            ts(&mut r, "startedAt", &cs.started_at);
+            json!({"running": r})
+        }
         "terminated" => {
-            let mut t = json!({"exitCode": cs.exit_code, "reason": cs.reason, "startedAt": cs.started_at, "finishedAt": cs.finished_at});
+            let mut t = json!({"exitCode": cs.exit_code, "reason": cs.reason});
+            ts(&mut t, "startedAt", &cs.started_at);
+            ts(&mut t, "finishedAt", &cs.finished_at);
             if !cs.message.is_empty() {
                 t["message"] = json!(cs.message);
             }
@@ -32,7 +44,7 @@ fn container_status(uid: &str, image: &str, cs: &ContainerState, init: bool) -> 
     let ready = if init {
         cs.state == "terminated" && cs.exit_code == 0
     } else {
-        running
+        running && cs.ready
     };
     let last = cs
         .last_terminated
@@ -44,7 +56,7 @@ fn container_status(uid: &str, image: &str, cs: &ContainerState, init: bool) -> 
         "image": if image.is_empty() { "host" } else { image },
         "imageID": "",
         "ready": ready,
-        "started": running,
+        "started": running && (init || cs.started),
         "restartCount": cs.restart_count,
         "state": state_json(cs),
         "lastState": last,
@@ -176,7 +188,10 @@ pub fn pod_status(pod: &Pod, st: &PodState, host_ip: &str, now: &str) -> Value {
     let ph = phase(&policy, st);
     let ready = st.initialized
         && !st.containers.is_empty()
-        && st.containers.iter().all(|c| c.state == "running");
+        && st
+            .containers
+            .iter()
+            .all(|c| c.state == "running" && c.ready);
     let finished = ph == "Succeeded" || ph == "Failed";
     let reason_not_ready = if finished {
         "PodCompleted"
@@ -251,6 +266,8 @@ mod tests {
             state: state.into(),
             exit_code: code,
             restart_count: restarts,
+            ready: state == "running",
+            started: state == "running",
             reason: if state == "waiting" {
                 "CrashLoopBackOff".into()
             } else {

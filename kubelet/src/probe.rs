@@ -1,0 +1,275 @@
+//! Container probes as the kubelet runs them: `exec` (inside the container's namespaces, with
+//! its environment), `httpGet` (2xx/3xx is success) and `tcpSocket` (a connection is success),
+//! each bounded by `timeoutSeconds`; and the per-probe bookkeeping of thresholds and delays.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Probe;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// What a probe needs to know about its container.
+#[derive(Debug, Clone, Default)]
+pub struct Target {
+    pub pod_ip: String,
+    /// Named container ports.
+    pub ports: Vec<(String, i32)>,
+    /// Host PID of the container's PID 1 (for exec probes).
+    pub pid: Option<u32>,
+    pub env: Vec<(String, String)>,
+}
+
+fn port(p: &IntOrString, t: &Target) -> Result<u16, String> {
+    let n = match p {
+        IntOrString::Int(n) => *n,
+        IntOrString::String(name) => t
+            .ports
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, p)| *p)
+            .ok_or_else(|| format!("port {name:?} is not a named container port"))?,
+    };
+    u16::try_from(n).map_err(|_| format!("invalid port {n}"))
+}
+
+/// Runs a probe once: Ok(()) on success, Err(reason) on failure.
+pub async fn run(p: &Probe, t: &Target) -> Result<(), String> {
+    let timeout = Duration::from_secs(p.timeout_seconds.unwrap_or(1).max(1) as u64);
+    let fut = async {
+        if let Some(e) = &p.exec {
+            let argv = e.command.clone().unwrap_or_default();
+            let pid = t.pid.ok_or("the container is not running")?;
+            let mut cmd = tokio::process::Command::new("nsenter");
+            cmd.args([
+                "-t",
+                &pid.to_string(),
+                "-m",
+                "-u",
+                "-i",
+                "-n",
+                "-p",
+                "-r",
+                "-w",
+                "--",
+            ])
+            .args(&argv)
+            .env_clear();
+            cmd.env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            );
+            for (k, v) in &t.env {
+                cmd.env(k, v);
+            }
+            cmd.stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true);
+            let st = cmd.status().await.map_err(|e| e.to_string())?;
+            return if st.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "command {argv:?} exited with {}",
+                    st.code().unwrap_or(-1)
+                ))
+            };
+        }
+        if let Some(h) = &p.http_get {
+            let host = h
+                .host
+                .clone()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| t.pod_ip.clone());
+            let port = port(&h.port, t)?;
+            if h.scheme.as_deref() == Some("HTTPS") {
+                return Err("HTTPS probes are not supported yet".into());
+            }
+            let mut s = tokio::net::TcpStream::connect((host.as_str(), port))
+                .await
+                .map_err(|e| {
+                    format!(
+                        "Get \"http://{host}:{port}{}\": {e}",
+                        h.path.clone().unwrap_or_default()
+                    )
+                })?;
+            let path = h
+                .path
+                .clone()
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| "/".into());
+            let mut req = format!("GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/1.33\r\nAccept: */*\r\nConnection: close\r\n");
+            for hd in h.http_headers.iter().flatten() {
+                req.push_str(&format!("{}: {}\r\n", hd.name, hd.value));
+            }
+            req.push_str("\r\n");
+            s.write_all(req.as_bytes())
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut buf = vec![0u8; 64];
+            let n = s.read(&mut buf).await.map_err(|e| e.to_string())?;
+            let line = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let code: u16 = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .ok_or_else(|| format!("malformed HTTP response {line:?}"))?;
+            return if (200..400).contains(&code) {
+                Ok(())
+            } else {
+                Err(format!("HTTP probe failed with statuscode: {code}"))
+            };
+        }
+        if let Some(tcp) = &p.tcp_socket {
+            let host = tcp
+                .host
+                .clone()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| t.pod_ip.clone());
+            let port = port(&tcp.port, t)?;
+            tokio::net::TcpStream::connect((host.as_str(), port))
+                .await
+                .map_err(|e| format!("dial tcp {host}:{port}: {e}"))?;
+            return Ok(());
+        }
+        Err("the probe has no handler (exec, httpGet or tcpSocket)".into())
+    };
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("probe timed out after {}s", timeout.as_secs())),
+    }
+}
+
+/// Thresholds and schedule of one probe.
+#[derive(Debug, Clone)]
+pub struct Tracker {
+    pub initial_delay: Duration,
+    pub period: Duration,
+    pub success_threshold: i32,
+    pub failure_threshold: i32,
+    successes: i32,
+    failures: i32,
+}
+
+/// What a result means for the container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Enough consecutive successes.
+    Passing,
+    /// Enough consecutive failures.
+    Failing,
+    /// Not decided yet.
+    Unchanged,
+}
+
+impl Tracker {
+    pub fn new(p: &Probe) -> Self {
+        Self {
+            initial_delay: Duration::from_secs(p.initial_delay_seconds.unwrap_or(0).max(0) as u64),
+            period: Duration::from_secs(p.period_seconds.unwrap_or(10).max(1) as u64),
+            success_threshold: p.success_threshold.unwrap_or(1).max(1),
+            failure_threshold: p.failure_threshold.unwrap_or(3).max(1),
+            successes: 0,
+            failures: 0,
+        }
+    }
+
+    pub fn record(&mut self, ok: bool) -> Verdict {
+        if ok {
+            self.failures = 0;
+            self.successes += 1;
+            if self.successes >= self.success_threshold {
+                return Verdict::Passing;
+            }
+        } else {
+            self.successes = 0;
+            self.failures += 1;
+            if self.failures >= self.failure_threshold {
+                return Verdict::Failing;
+            }
+        }
+        Verdict::Unchanged
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn probe(v: serde_json::Value) -> Probe {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[tokio::test]
+    async fn http_and_tcp_probes() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let mut n = 0;
+            loop {
+                let Ok((mut s, _)) = l.accept().await else {
+                    return;
+                };
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                let code = if n == 0 {
+                    "200 OK"
+                } else {
+                    "503 Service Unavailable"
+                };
+                n += 1;
+                let _ = s
+                    .write_all(format!("HTTP/1.1 {code}\r\nContent-Length: 0\r\n\r\n").as_bytes())
+                    .await;
+            }
+        });
+        let t = Target {
+            pod_ip: "127.0.0.1".into(),
+            ports: vec![("http".into(), port as i32)],
+            ..Default::default()
+        };
+        let p = probe(json!({"httpGet": {"path": "/healthz", "port": "http"}}));
+        assert_eq!(run(&p, &t).await, Ok(()));
+        assert!(run(&p, &t).await.unwrap_err().contains("503"));
+        assert_eq!(
+            run(&probe(json!({"tcpSocket": {"port": port}})), &t).await,
+            Ok(())
+        );
+        // A closed port fails; an unknown named port fails.
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        assert!(run(&probe(json!({"tcpSocket": {"port": closed}})), &t)
+            .await
+            .is_err());
+        assert!(run(&probe(json!({"tcpSocket": {"port": "nope"}})), &t)
+            .await
+            .is_err());
+        assert!(
+            run(&probe(json!({"exec": {"command": ["true"]}})), &t)
+                .await
+                .is_err(),
+            "no container pid"
+        );
+    }
+
+    #[test]
+    fn thresholds() {
+        let mut tr = Tracker::new(&probe(
+            json!({"exec": {"command": ["true"]}, "successThreshold": 2, "failureThreshold": 2}),
+        ));
+        assert_eq!(tr.record(true), Verdict::Unchanged);
+        assert_eq!(tr.record(true), Verdict::Passing);
+        assert_eq!(tr.record(false), Verdict::Unchanged);
+        assert_eq!(tr.record(true), Verdict::Unchanged);
+        assert_eq!(tr.record(false), Verdict::Unchanged);
+        assert_eq!(tr.record(false), Verdict::Failing);
+        let d = Tracker::new(&probe(json!({})));
+        assert_eq!(
+            (d.period, d.failure_threshold, d.success_threshold),
+            (Duration::from_secs(10), 3, 1)
+        );
+    }
+}
