@@ -28,6 +28,8 @@ kubernetes-validate --quiet -k 1.33.0 --strict examples/*.yaml
 echo "== leak check"
 left=$(ip netns list 2>/dev/null | awk '{print $1}' | grep '^skiff-t' || true)
 procs=$(pgrep -a -f 'skiff-e2e-' | grep -v pgrep || true)
+cgroups=$(find /sys/fs/cgroup -mindepth 2 -maxdepth 3 -type d -path '*/skiff/*' 2>/dev/null || true)
+left="$left$cgroups"
 if [ -n "$left$procs" ]; then
   echo "tests left state behind:" >&2
   echo "$left" >&2

@@ -527,3 +527,101 @@ fn probes_drive_readiness_and_restarts() {
     assert_eq!(web["status"]["containerStatuses"][0]["started"], true);
     c.stop();
 }
+
+#[test]
+fn limits_are_enforced_with_cgroups() {
+    if !can_run("limits_are_enforced_with_cgroups") {
+        return;
+    }
+    let c = Cluster::start("limits");
+    create(
+        &c,
+        json!({"metadata": {"name": "hog"}, "spec": {"restartPolicy": "Never", "containers": [{"name": "c",
+        "command": ["python3", "-c", "x = b'x' * (256 * 1024 * 1024); print('survived')"],
+        "resources": {"limits": {"memory": "48Mi"}}}]}}),
+    );
+    create(
+        &c,
+        json!({"metadata": {"name": "capped"}, "spec": {"terminationGracePeriodSeconds": 0, "containers": [{"name": "c",
+        "command": ["sleep", "3600"], "resources": {"limits": {"cpu": "250m", "memory": "64Mi"}}}]}}),
+    );
+    let hog = wait_for(&c, "hog", "OOMKilled", |p| phase(p) == "Failed");
+    let t = &hog["status"]["containerStatuses"][0]["state"]["terminated"];
+    // OOMKilled whenever the kernel's OOM killer acted in the container's cgroup (as containerd
+    // reports it); usually SIGKILL, 137.
+    assert_eq!(t["reason"].as_str(), Some("OOMKilled"), "{hog}");
+    assert_ne!(t["exitCode"].as_i64(), Some(0), "{hog}");
+    assert!(!logs(&c, &hog, "c").contains("survived"));
+    let capped = wait_for(&c, "capped", "Running", |p| phase(p) == "Running");
+    let uid = capped["metadata"]["uid"].as_str().unwrap().to_string();
+    let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let (cpu, mem) = if v2 {
+        let d = format!("/sys/fs/cgroup/skiff/{uid}/c-0");
+        (
+            std::fs::read_to_string(format!("{d}/cpu.max")).unwrap(),
+            std::fs::read_to_string(format!("{d}/memory.max")).unwrap(),
+        )
+    } else {
+        (
+            std::fs::read_to_string(format!(
+                "/sys/fs/cgroup/cpu/skiff/{uid}/c-0/cpu.cfs_quota_us"
+            ))
+            .unwrap(),
+            std::fs::read_to_string(format!(
+                "/sys/fs/cgroup/memory/skiff/{uid}/c-0/memory.limit_in_bytes"
+            ))
+            .unwrap(),
+        )
+    };
+    assert!(cpu.starts_with("25000"), "cpu quota {cpu}");
+    assert_eq!(mem.trim(), (64 * 1024 * 1024).to_string());
+    // The container's processes are in it.
+    let procs = if v2 {
+        format!("/sys/fs/cgroup/skiff/{uid}/c-0/cgroup.procs")
+    } else {
+        format!("/sys/fs/cgroup/memory/skiff/{uid}/c-0/cgroup.procs")
+    };
+    assert!(!std::fs::read_to_string(&procs).unwrap().trim().is_empty());
+    // Deleting the pod removes its cgroups.
+    assert_eq!(
+        c.curl(
+            "DELETE",
+            "/api/v1/namespaces/default/pods/capped",
+            None,
+            "application/json"
+        )
+        .0,
+        200
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c
+        .curl(
+            "GET",
+            "/api/v1/namespaces/default/pods/capped",
+            None,
+            "application/json",
+        )
+        .0
+        != 404
+    {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let base = if v2 {
+        format!("/sys/fs/cgroup/skiff/{uid}")
+    } else {
+        format!("/sys/fs/cgroup/memory/skiff/{uid}")
+    };
+    assert!(!std::path::Path::new(&base).exists(), "{base} left behind");
+    let hog_uid = hog["metadata"]["uid"].as_str().unwrap();
+    let hog_base = if v2 {
+        format!("/sys/fs/cgroup/skiff/{hog_uid}")
+    } else {
+        format!("/sys/fs/cgroup/memory/skiff/{hog_uid}")
+    };
+    assert!(
+        !std::path::Path::new(&hog_base).exists(),
+        "{hog_base} left behind after the pod finished"
+    );
+    c.stop();
+}

@@ -251,6 +251,7 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         if !ctx.stop(&uid, since > grace + 10) {
             return Ok(Action::requeue(Duration::from_millis(200)));
         }
+        crate::cgroup::remove_pod(&uid);
         let _ = std::fs::remove_dir_all(ctx.pod_dir(&uid));
         patch_finalizers(
             &api,

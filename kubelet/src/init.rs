@@ -29,6 +29,9 @@ pub struct InitConfig {
     pub working_dir: String,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
+    /// cgroup.procs files to join before anything else (resource limits).
+    #[serde(default)]
+    pub cgroup_procs: Vec<String>,
 }
 
 fn none() -> Option<&'static str> {
@@ -205,6 +208,9 @@ pub fn run(cfg: &InitConfig) -> Result<()> {
         bail!(
             "the container has no command (skiff runs `command`/`args`; images have no entrypoint)"
         );
+    }
+    for f in &cfg.cgroup_procs {
+        std::fs::write(f, "0").with_context(|| format!("joining {f}"))?;
     }
     // Nothing we mount may leak back to the host.
     mount(

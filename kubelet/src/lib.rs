@@ -4,6 +4,7 @@
 //! holds the containers ([`shim`]), the container init that builds each root filesystem
 //! ([`init`]), pod status computation ([`status`]) and the controller ([`controller`]).
 
+pub mod cgroup;
 pub mod controller;
 pub mod init;
 pub mod logs;

@@ -116,6 +116,9 @@ async fn run(
         .map(|ip| ip.to_string())
         .unwrap_or_else(|| "127.0.0.1".into());
     let host = HostInfo::detect(&node, &host_ip);
+    if let Err(e) = skiff_kubelet::cgroup::ensure_mounted() {
+        tracing::warn!("cgroups are not available, resource limits cannot be enforced: {e}");
+    }
     let client = client(&paths).await?;
     let nodes: Api<Node> = Api::all(client.clone());
     register(&nodes, &host)
@@ -195,6 +198,10 @@ async fn run(
     tracing::info!("kubelet stopping: stopping every pod");
     let _ = std::fs::remove_file(paths.run().join("kubelet.ready"));
     ctx.stop_all().await;
+    for d in std::fs::read_dir(&ctx.pods_dir).into_iter().flatten().flatten() {
+        skiff_kubelet::cgroup::remove_pod(&d.file_name().to_string_lossy());
+    }
+    skiff_kubelet::cgroup::remove_parent();
     Ok(())
 }
 

@@ -41,6 +41,8 @@ pub struct ContainerPlan {
     pub gid: Option<i64>,
     pub privileged: bool,
     pub memory_limit: Option<i64>,
+    #[serde(default)]
+    pub cpu_limit_millis: Option<i64>,
     /// Named container ports (for probes).
     #[serde(default)]
     pub ports: Vec<(String, i32)>,
@@ -267,6 +269,12 @@ fn container_plan(pod: &Pod, c: &Container, f: &Facts) -> ContainerPlan {
         gid: sc.run_as_group.or(pod_sc.run_as_group),
         privileged: sc.privileged == Some(true),
         memory_limit,
+        cpu_limit_millis: c
+            .resources
+            .as_ref()
+            .and_then(|r| r.limits.as_ref())
+            .and_then(|l| l.get("cpu"))
+            .and_then(|q| skiff_core::quantity::parse_millicores(&q.0)),
         ports: c
             .ports
             .iter()

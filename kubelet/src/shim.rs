@@ -281,7 +281,26 @@ async fn run_once(
         working_dir: c.working_dir.clone(),
         uid: c.uid.and_then(|u| u32::try_from(u).ok()),
         gid: c.gid.and_then(|g| u32::try_from(g).ok()),
+        cgroup_procs: Vec::new(),
     };
+    // Limits: a cgroup per container run, joined by the init before it execs.
+    let cgroup = match crate::cgroup::Cgroup::create(
+        &plan.uid,
+        &format!("{}-{restart}", c.name),
+        c.memory_limit,
+        c.cpu_limit_millis,
+    ) {
+        Ok(cg) => Some(cg),
+        Err(e) if c.memory_limit.is_some() || c.cpu_limit_millis.is_some() => {
+            return Err(anyhow::anyhow!("setting resource limits: {e}"))
+        }
+        Err(_) => None,
+    };
+    let mut cfg = cfg;
+    cfg.cgroup_procs = cgroup
+        .as_ref()
+        .map(|cg| cg.procs_files())
+        .unwrap_or_default();
     let cfg_path = cdir.join("init.json");
     std::fs::write(&cfg_path, serde_json::to_vec(&cfg)?)?;
     let log_dir = Path::new(&plan.log_dir).join(&c.name);
@@ -401,6 +420,10 @@ async fn run_once(
     let code = status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    let oom = cgroup.as_ref().is_some_and(|cg| cg.oom_killed());
+    if let Some(cg) = &cgroup {
+        cg.remove();
+    }
     let finished = now();
     let name = c.name.clone();
     shared
@@ -413,7 +436,9 @@ async fn run_once(
             if let Some(cs) = list.iter_mut().find(|x| x.name == name) {
                 cs.state = "terminated".into();
                 cs.exit_code = code;
-                cs.reason = if code == 0 {
+                cs.reason = if oom {
+                    "OOMKilled".into()
+                } else if code == 0 {
                     "Completed".into()
                 } else {
                     "Error".into()
@@ -588,6 +613,7 @@ pub async fn run(dir: &Path) -> Result<()> {
         }
     }
     shared.update(|st| st.stopped = true).await;
+    crate::cgroup::remove_pod(&plan.uid);
     let _ = std::fs::remove_file(pid_path(dir));
     Ok(())
 }

@@ -1,0 +1,249 @@
+//! Container resource limits with cgroups: v2 where the host has it (`memory.max`,
+//! `cpu.max`), v1 otherwise (`memory.limit_in_bytes`, `cpu.cfs_quota_us`). Each container run
+//! gets its own cgroup under `skiff/<pod uid>/`; the container init joins it before exec, so
+//! every process of the container is accounted; an OOM kill is read back from the kernel's
+//! counters to report `OOMKilled`.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+const ROOT: &str = "/sys/fs/cgroup";
+pub const PARENT: &str = "skiff";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    V1,
+    V2,
+}
+
+pub fn detect() -> Option<Version> {
+    if Path::new(ROOT).join("cgroup.controllers").exists() {
+        Some(Version::V2)
+    } else if Path::new(ROOT).join("memory").is_dir() {
+        Some(Version::V1)
+    } else {
+        None
+    }
+}
+
+/// Makes the cgroup hierarchies visible at /sys/fs/cgroup when they are not (a fresh /sys, as
+/// `ip netns exec` mounts): mounts the ones this process belongs to, per /proc/self/cgroup.
+/// Mounts made here stay in the kubelet's mount namespace.
+pub fn ensure_mounted() -> io::Result<()> {
+    use nix::mount::{mount, MsFlags};
+    if detect().is_some() {
+        return Ok(());
+    }
+    let own = std::fs::read_to_string("/proc/self/cgroup")?;
+    let v1: Vec<String> = own
+        .lines()
+        .filter_map(|l| l.split(':').nth(1))
+        .filter(|c| !c.is_empty() && !c.starts_with("name="))
+        .map(String::from)
+        .collect();
+    let none: Option<&str> = None;
+    if v1.is_empty() {
+        mount(
+            Some("cgroup2"),
+            ROOT,
+            Some("cgroup2"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            none,
+        )
+        .map_err(io::Error::from)?;
+        return Ok(());
+    }
+    mount(
+        Some("tmpfs"),
+        ROOT,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=755"),
+    )
+    .map_err(io::Error::from)?;
+    for ctrls in v1
+        .iter()
+        .filter(|c| c.split(',').any(|x| x == "memory" || x == "cpu"))
+    {
+        let dir = Path::new(ROOT).join(ctrls);
+        std::fs::create_dir_all(&dir)?;
+        mount(
+            Some("cgroup"),
+            &dir,
+            Some("cgroup"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some(ctrls.as_str()),
+        )
+        .map_err(io::Error::from)?;
+        for member in ctrls.split(',') {
+            if member != ctrls {
+                let _ = std::os::unix::fs::symlink(ctrls, Path::new(ROOT).join(member));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// CPU quota per 100 ms period for a limit in millicores (as the kubelet computes it).
+pub fn cpu_quota(millicores: i64) -> i64 {
+    (millicores * 100).max(1000)
+}
+
+#[derive(Debug, Clone)]
+pub struct Cgroup {
+    pub version: Version,
+    /// The leaf directory per controller (v1: memory, cpu; v2: one).
+    pub dirs: Vec<PathBuf>,
+}
+
+fn write(p: &Path, v: &str) -> io::Result<()> {
+    std::fs::write(p, v).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.display())))
+}
+
+impl Cgroup {
+    /// Creates `skiff/<pod>/<leaf>` with the given limits.
+    pub fn create(
+        pod: &str,
+        leaf: &str,
+        memory: Option<i64>,
+        cpu_millis: Option<i64>,
+    ) -> io::Result<Self> {
+        let version =
+            detect().ok_or_else(|| io::Error::other("no cgroup filesystem at /sys/fs/cgroup"))?;
+        let rel = Path::new(PARENT).join(pod).join(leaf);
+        match version {
+            Version::V2 => {
+                // Delegate memory and cpu down to the leaf.
+                let mut dir = PathBuf::from(ROOT);
+                for part in [PARENT, pod] {
+                    let _ = write(&dir.join("cgroup.subtree_control"), "+memory +cpu");
+                    dir.push(part);
+                    std::fs::create_dir_all(&dir)?;
+                }
+                let _ = write(&dir.join("cgroup.subtree_control"), "+memory +cpu");
+                let leaf_dir = Path::new(ROOT).join(&rel);
+                std::fs::create_dir_all(&leaf_dir)?;
+                if let Some(m) = memory {
+                    write(&leaf_dir.join("memory.max"), &m.to_string())?;
+                    let _ = write(&leaf_dir.join("memory.swap.max"), "0");
+                }
+                if let Some(c) = cpu_millis {
+                    write(
+                        &leaf_dir.join("cpu.max"),
+                        &format!("{} 100000", cpu_quota(c)),
+                    )?;
+                }
+                Ok(Self {
+                    version,
+                    dirs: vec![leaf_dir],
+                })
+            }
+            Version::V1 => {
+                let mut dirs = Vec::new();
+                let mem = Path::new(ROOT).join("memory").join(&rel);
+                std::fs::create_dir_all(&mem)?;
+                if let Some(m) = memory {
+                    write(&mem.join("memory.limit_in_bytes"), &m.to_string())?;
+                    // Count swap too where the kernel accounts it, so the limit is real.
+                    let _ = write(&mem.join("memory.memsw.limit_in_bytes"), &m.to_string());
+                }
+                dirs.push(mem);
+                let cpu_root = Path::new(ROOT).join("cpu");
+                if cpu_root.is_dir() {
+                    let cpu = cpu_root.join(&rel);
+                    std::fs::create_dir_all(&cpu)?;
+                    if let Some(c) = cpu_millis {
+                        write(&cpu.join("cpu.cfs_period_us"), "100000")?;
+                        write(&cpu.join("cpu.cfs_quota_us"), &cpu_quota(c).to_string())?;
+                    }
+                    dirs.push(cpu);
+                }
+                Ok(Self { version, dirs })
+            }
+        }
+    }
+
+    /// The files the container init writes its PID to.
+    pub fn procs_files(&self) -> Vec<String> {
+        self.dirs
+            .iter()
+            .map(|d| d.join("cgroup.procs").display().to_string())
+            .collect()
+    }
+
+    /// Whether the kernel OOM-killed a process of this cgroup.
+    pub fn oom_killed(&self) -> bool {
+        let file = match self.version {
+            Version::V2 => "memory.events",
+            Version::V1 => "memory.oom_control",
+        };
+        self.dirs.iter().any(|d| {
+            std::fs::read_to_string(d.join(file)).is_ok_and(|s| {
+                s.lines().any(|l| {
+                    l.strip_prefix("oom_kill ")
+                        .and_then(|n| n.trim().parse::<u64>().ok())
+                        .is_some_and(|n| n > 0)
+                })
+            })
+        })
+    }
+
+    /// Removes the leaf (and the pod's directory once empty).
+    pub fn remove(&self) {
+        for d in &self.dirs {
+            for _ in 0..50 {
+                if std::fs::remove_dir(d).is_ok() || !d.exists() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            if let Some(parent) = d.parent() {
+                let _ = std::fs::remove_dir(parent);
+            }
+        }
+    }
+}
+
+/// Removes the `skiff` parent cgroups if nothing is left in them (node shutdown).
+pub fn remove_parent() {
+    let dirs: Vec<PathBuf> = match detect() {
+        Some(Version::V2) => vec![Path::new(ROOT).join(PARENT)],
+        Some(Version::V1) => ["memory", "cpu"].iter().map(|c| Path::new(ROOT).join(c).join(PARENT)).collect(),
+        None => vec![],
+    };
+    for d in dirs {
+        let _ = std::fs::remove_dir(d);
+    }
+}
+
+/// Removes whatever is left of a pod's cgroups (after its shim is gone).
+pub fn remove_pod(pod: &str) {
+    let bases: Vec<PathBuf> = match detect() {
+        Some(Version::V2) => vec![Path::new(ROOT).join(PARENT).join(pod)],
+        Some(Version::V1) => ["memory", "cpu"]
+            .iter()
+            .map(|c| Path::new(ROOT).join(c).join(PARENT).join(pod))
+            .collect(),
+        None => vec![],
+    };
+    for b in bases {
+        for e in std::fs::read_dir(&b).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                let _ = std::fs::remove_dir(e.path());
+            }
+        }
+        let _ = std::fs::remove_dir(&b);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quota() {
+        assert_eq!(cpu_quota(500), 50_000);
+        assert_eq!(cpu_quota(2000), 200_000);
+        assert_eq!(cpu_quota(1), 1000);
+    }
+}
