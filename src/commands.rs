@@ -821,6 +821,113 @@ pub async fn delete(
     Ok(code)
 }
 
+/// `exec` over the WebSocket channel protocol (v5): stdin on channel 0 (closed with 255),
+/// stdout/stderr on 1/2, the exit status on 3. Returns the command's exit code.
+pub async fn exec(
+    c: &ApiClient,
+    ns: &str,
+    pod: &str,
+    container: Option<&str>,
+    stdin: bool,
+    command: &[String],
+) -> Result<u8> {
+    use futures::{SinkExt, StreamExt};
+    use std::io::Write;
+    use tokio::io::AsyncReadExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut q: Vec<String> = command
+        .iter()
+        .map(|a| format!("command={}", encode(a)))
+        .collect();
+    q.push(format!("stdin={stdin}"));
+    q.push("stdout=true".into());
+    q.push("stderr=true".into());
+    if let Some(cn) = container {
+        q.push(format!("container={}", encode(cn)));
+    }
+    let url = format!(
+        "ws://localhost/api/v1/namespaces/{ns}/pods/{pod}/exec?{}",
+        q.join("&")
+    );
+    let (io, token) = c.connect_raw().await?;
+    let mut req = url.into_client_request()?;
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", "v5.channel.k8s.io".parse()?);
+    if let Some(t) = token {
+        req.headers_mut()
+            .insert("Authorization", format!("Bearer {t}").parse()?);
+    }
+    let (ws, _) = match tokio_tungstenite::client_async(req, io).await {
+        Ok(x) => x,
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            let body = resp.body().clone().unwrap_or_default();
+            let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            bail!(
+                "{}",
+                v["message"]
+                    .as_str()
+                    .map(String::from)
+                    .unwrap_or_else(|| format!("HTTP {}", resp.status()))
+            );
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let (mut tx, mut rx) = ws.split();
+    if stdin {
+        tokio::spawn(async move {
+            let mut input = tokio::io::stdin();
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                match input.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        let mut m = vec![0u8];
+                        m.extend_from_slice(&buf[..n]);
+                        if tx.send(Message::Binary(m.into())).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            let _ = tx.send(Message::Binary(vec![255u8, 0].into())).await;
+        });
+    }
+    let mut code = 0u8;
+    while let Some(msg) = rx.next().await {
+        let Ok(Message::Binary(b)) = msg else {
+            continue;
+        };
+        match b.first() {
+            Some(1) => {
+                std::io::stdout().write_all(&b[1..])?;
+                std::io::stdout().flush()?;
+            }
+            Some(2) => {
+                std::io::stderr().write_all(&b[1..])?;
+            }
+            Some(3) => {
+                let st: Value = serde_json::from_slice(&b[1..]).unwrap_or(Value::Null);
+                if st["status"] != "Success" {
+                    code = st["details"]["causes"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .find(|c| c["reason"] == "ExitCode")
+                        .and_then(|c| c["message"].as_str())
+                        .and_then(|m| m.parse().ok())
+                        .unwrap_or(1);
+                    if st["reason"] != "NonZeroExitCode" {
+                        eprintln!("error: {}", st["message"].as_str().unwrap_or("exec failed"));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(code)
+}
+
 /// Streams a pod's log to stdout.
 pub async fn logs(c: &ApiClient, path: &str) -> Result<u8> {
     use std::io::Write;

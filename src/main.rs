@@ -129,6 +129,22 @@ enum Cmd {
         #[command(flatten)]
         scope: Scope,
     },
+    /// Run a command in a container: skiff exec POD [-c C] [-i] -- CMD [ARGS...]
+    Exec {
+        pod: String,
+        #[arg(short = 'c', long)]
+        container: Option<String>,
+        /// Pass stdin to the command.
+        #[arg(short = 'i', long)]
+        stdin: bool,
+        /// Accepted for kubectl compatibility; no terminal is allocated.
+        #[arg(short = 't', long)]
+        tty: bool,
+        #[command(flatten)]
+        scope: Scope,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Wait for a condition on resources: --for=condition=Ready, --for=delete,
     /// --for=jsonpath='{.status.phase}'=Running.
     Wait {
@@ -264,6 +280,25 @@ async fn run(cli: Cli) -> Result<u8> {
                 &format!("/api/v1/namespaces/{ns}/pods/{name}/log?{}", q.join("&")),
             )
             .await
+        }
+        Cmd::Exec {
+            pod,
+            container,
+            stdin,
+            tty: _,
+            scope,
+            command,
+        } => {
+            let c = client(&cli)?;
+            let ns = scope
+                .namespace
+                .clone()
+                .unwrap_or_else(|| c.namespace.clone());
+            let name = pod
+                .strip_prefix("pod/")
+                .or_else(|| pod.strip_prefix("pods/"))
+                .unwrap_or(pod);
+            commands::exec(&c, &ns, name, container.as_deref(), *stdin, command).await
         }
         Cmd::Wait {
             args,

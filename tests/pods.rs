@@ -625,3 +625,85 @@ fn limits_are_enforced_with_cgroups() {
     );
     c.stop();
 }
+
+#[test]
+fn exec_and_pods_coming_back_after_a_restart() {
+    if !can_run("exec_and_pods_coming_back_after_a_restart") {
+        return;
+    }
+    let mut c = Cluster::start("exec");
+    create(
+        &c,
+        json!({"metadata": {"name": "box"}, "spec": {"terminationGracePeriodSeconds": 0, "containers": [{"name": "c", "command": ["sleep", "3600"], "env": [{"name": "GREETING", "value": "hello"}]}]}}),
+    );
+    let b = wait_for(&c, "box", "Running", |p| phase(p) == "Running");
+    let ip = b["status"]["podIP"].as_str().unwrap().to_string();
+    // skiff exec: output, exit code, stdin.
+    let o = c.skiff(&[
+        "exec",
+        "box",
+        "--",
+        "sh",
+        "-c",
+        "echo out $GREETING $(hostname); echo err >&2; exit 4",
+    ]);
+    assert_eq!(o.status.code(), Some(4));
+    assert_eq!(common::stdout(&o), "out hello box\n");
+    assert_eq!(common::stderr(&o), "err\n");
+    let o = c.skiff_stdin(
+        &[
+            "exec",
+            "-i",
+            "box",
+            "--",
+            "sh",
+            "-c",
+            "tr a-z A-Z; echo pid1=$(cat /proc/1/comm)",
+        ],
+        Some("from stdin\n"),
+    );
+    assert_eq!(common::stdout(&o), "FROM STDIN\npid1=sleep\n");
+    assert!(o.status.success());
+    if common::have_kubectl("exec (kubectl part)") {
+        let o = c.kubectl(&[
+            "exec",
+            "box",
+            "--",
+            "sh",
+            "-c",
+            "echo out $GREETING; exit 3",
+        ]);
+        assert_eq!(o.status.code(), Some(3), "{}", common::stderr(&o));
+        assert_eq!(common::stdout(&o), "out hello\n");
+        let o = c.kubectl_stdin(&["exec", "-i", "box", "--", "cat"], Some("piped input\n"));
+        assert!(o.status.success(), "{}", common::stderr(&o));
+        assert_eq!(common::stdout(&o), "piped input\n");
+        let o = c.kubectl(&["exec", "nope", "--", "true"]);
+        assert!(
+            !o.status.success() && common::stderr(&o).contains("NotFound"),
+            "{}",
+            common::stderr(&o)
+        );
+    }
+    // A restart of the whole cluster: the pod comes back, with the same address.
+    c.restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let o = c.skiff(&["exec", "box", "--", "echo", "back"]);
+        if o.status.success() && common::stdout(&o) == "back\n" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pod did not come back: {}\n{}",
+            common::stderr(&o),
+            c.daemon_log("kubelet")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        get(&c, "box")["status"]["podIP"].as_str(),
+        Some(ip.as_str())
+    );
+    c.stop();
+}

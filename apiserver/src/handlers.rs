@@ -83,6 +83,19 @@ fn with_warnings(mut r: Response, warnings: &[String]) -> Response {
 
 /// The single entry point: every request lands here.
 pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
+    let segs: Vec<&str> = req
+        .uri()
+        .path()
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    if let ["api", "v1", "namespaces", ns, "pods", name, "exec"] = segs.as_slice() {
+        let (ns, name) = (ns.to_string(), name.to_string());
+        return match exec_proxy(&app, &ns, &name, req).await {
+            Ok(r) => r,
+            Err(e) => error_response(&e),
+        };
+    }
     let (parts, body) = req.into_parts();
     let q: Q = Query::<Q>::try_from_uri(&parts.uri)
         .map(|q| q.0)
@@ -436,6 +449,135 @@ async fn pod_log(app: &Arc<App>, ns: &str, name: &str, q: &Q) -> ApiResult<Respo
     let mut r = Response::new(Body::new(resp.into_body()));
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    Ok(r)
+}
+
+/// `.../pods/{name}/exec`: checks the pod and container, then hands the WebSocket upgrade to
+/// the kubelet and splices the two connections.
+async fn exec_proxy(app: &Arc<App>, ns: &str, name: &str, mut req: Request) -> ApiResult<Response> {
+    let kind = registry::by_kind("Pod").ok_or_else(|| ApiError::internal("Pod kind missing"))?;
+    let pod = app
+        .storage
+        .get(&kind.key(Some(ns), name))?
+        .ok_or_else(|| ApiError::not_found("pods", name))?;
+    let q: Vec<(String, String)> = req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let containers: Vec<String> = pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str())
+        .map(String::from)
+        .collect();
+    let container = match q.iter().find(|(k, v)| k == "container" && !v.is_empty()) {
+        Some((_, c)) => {
+            let inits: Vec<&str> = pod["spec"]["initContainers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c["name"].as_str())
+                .collect();
+            if !containers.contains(c) && !inits.contains(&c.as_str()) {
+                return Err(ApiError::bad_request(format!(
+                    "container {c} is not valid for pod {name}"
+                )));
+            }
+            c.clone()
+        }
+        None if containers.len() == 1 => containers[0].clone(),
+        None => {
+            return Err(ApiError::bad_request(format!(
+                "a container name must be specified for pod {name}, choose one of: [{}]",
+                containers.join(" ")
+            )))
+        }
+    };
+    if str_at(&pod, "status.phase") != "Running" {
+        return Err(ApiError::bad_request(format!(
+            "unable to upgrade connection: container not found ({container:?})"
+        )));
+    }
+    if req.headers().get(header::UPGRADE).is_none() {
+        return Err(ApiError::bad_request(
+            "exec needs a WebSocket upgrade (v5.channel.k8s.io); SPDY is not supported",
+        ));
+    }
+    let path = format!(
+        "/exec/{ns}/{name}/{container}?{}&uid={}",
+        req.uri().query().unwrap_or(""),
+        str_at(&pod, "metadata.uid")
+    );
+    let stream = tokio::net::UnixStream::connect(&app.kubelet_socket)
+        .await
+        .map_err(|e| ApiError::internal(format!("the kubelet is not reachable: {e}")))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(ApiError::internal)?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    let mut up = axum::http::Request::builder()
+        .method("GET")
+        .uri(path)
+        .header(header::HOST, "kubelet");
+    for h in [
+        "connection",
+        "upgrade",
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-protocol",
+    ] {
+        if let Some(v) = req.headers().get(h) {
+            up = up.header(h, v);
+        }
+    }
+    let kreq = up
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .map_err(ApiError::internal)?;
+    let mut kresp = sender
+        .send_request(kreq)
+        .await
+        .map_err(ApiError::internal)?;
+    if kresp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        use http_body_util::BodyExt;
+        let body = kresp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        return Err(ApiError::bad_request(
+            String::from_utf8_lossy(&body).into_owned(),
+        ));
+    }
+    let client_upgrade = hyper::upgrade::on(&mut req);
+    let kubelet_upgrade = hyper::upgrade::on(&mut kresp);
+    tokio::spawn(async move {
+        if let (Ok(c), Ok(k)) = (client_upgrade.await, kubelet_upgrade.await) {
+            let mut c = hyper_util::rt::TokioIo::new(c);
+            let mut k = hyper_util::rt::TokioIo::new(k);
+            let _ = tokio::io::copy_bidirectional(&mut c, &mut k).await;
+        }
+    });
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    for h in [
+        "connection",
+        "upgrade",
+        "sec-websocket-accept",
+        "sec-websocket-protocol",
+    ] {
+        if let Some(v) = kresp.headers().get(h) {
+            r.headers_mut().insert(h, v.clone());
+        }
+    }
     Ok(r)
 }
 

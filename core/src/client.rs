@@ -32,6 +32,10 @@ pub enum ClientError {
     Kubeconfig { path: PathBuf, msg: String },
 }
 
+/// A bidirectional byte stream (Unix socket or TLS).
+pub trait RawIo: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> RawIo for T {}
+
 #[derive(Clone)]
 enum Transport {
     Unix(PathBuf),
@@ -186,6 +190,43 @@ impl ApiClient {
             },
             namespace: ns,
         })
+    }
+
+    /// A raw connection to the API server (TLS done), plus the bearer token to send, for
+    /// protocols that upgrade the connection (exec).
+    pub async fn connect_raw(&self) -> Result<(Box<dyn RawIo>, Option<String>), ClientError> {
+        match &self.transport {
+            Transport::Unix(p) => {
+                let s = tokio::net::UnixStream::connect(p).await.map_err(|source| {
+                    ClientError::Connect {
+                        target: p.display().to_string(),
+                        source,
+                    }
+                })?;
+                Ok((Box::new(s), None))
+            }
+            Transport::Https {
+                host,
+                port,
+                tls,
+                token,
+            } => {
+                let target = format!("{host}:{port}");
+                let tcp = tokio::net::TcpStream::connect((host.as_str(), *port))
+                    .await
+                    .map_err(|source| ClientError::Connect {
+                        target: target.clone(),
+                        source,
+                    })?;
+                let name = rustls::pki_types::ServerName::try_from(host.clone())
+                    .map_err(|e| ClientError::Tls(e.to_string()))?;
+                let s = tokio_rustls::TlsConnector::from(tls.clone())
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|source| ClientError::Connect { target, source })?;
+                Ok((Box::new(s), token.clone()))
+            }
+        }
     }
 
     async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<Incoming>, ClientError> {

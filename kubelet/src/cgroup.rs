@@ -208,7 +208,10 @@ impl Cgroup {
 pub fn remove_parent() {
     let dirs: Vec<PathBuf> = match detect() {
         Some(Version::V2) => vec![Path::new(ROOT).join(PARENT)],
-        Some(Version::V1) => ["memory", "cpu"].iter().map(|c| Path::new(ROOT).join(c).join(PARENT)).collect(),
+        Some(Version::V1) => ["memory", "cpu"]
+            .iter()
+            .map(|c| Path::new(ROOT).join(c).join(PARENT))
+            .collect(),
         None => vec![],
     };
     for d in dirs {

@@ -76,6 +76,16 @@ pub fn requests(pod: &Pod) -> (i64, i64) {
     (cpu, mem)
 }
 
+/// Whether `path` is a mount point (a pod network namespace netd has pinned).
+fn is_mounted(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let p = path.to_string_lossy();
+    info.lines()
+        .any(|l| l.split_whitespace().nth(4) == Some(&*p))
+}
+
 fn finished(pod: &Pod) -> bool {
     matches!(
         pod.status.as_ref().and_then(|s| s.phase.as_deref()),
@@ -311,6 +321,11 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         // Waiting for netd to give the pod its network.
         return Ok(Action::requeue(Duration::from_millis(100)));
     };
+    let netns = ctx.netns_dir.join(&uid);
+    if !running && !is_mounted(&netns) {
+        // The address in the status may be from before a restart: wait for netd's namespace.
+        return Ok(Action::requeue(Duration::from_millis(100)));
+    }
     if !running {
         std::fs::create_dir_all(&dir)?;
         let facts = Facts {

@@ -6,6 +6,7 @@
 
 pub mod cgroup;
 pub mod controller;
+pub mod exec;
 pub mod init;
 pub mod logs;
 pub mod node;

@@ -198,8 +198,14 @@ async fn run(
     tracing::info!("kubelet stopping: stopping every pod");
     let _ = std::fs::remove_file(paths.run().join("kubelet.ready"));
     ctx.stop_all().await;
-    for d in std::fs::read_dir(&ctx.pods_dir).into_iter().flatten().flatten() {
+    // Like a node going down: nothing of the pods is left; the next start recreates them.
+    for d in std::fs::read_dir(&ctx.pods_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         skiff_kubelet::cgroup::remove_pod(&d.file_name().to_string_lossy());
+        let _ = std::fs::remove_dir_all(d.path());
     }
     skiff_kubelet::cgroup::remove_parent();
     Ok(())

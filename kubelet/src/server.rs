@@ -48,6 +48,42 @@ fn query(req: &Request<Incoming>) -> HashMap<String, String> {
         .collect()
 }
 
+/// Decodes a query component (`+` is a space, `%XX` a byte).
+pub fn decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
+                {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// All query pairs, decoded, in order (repeated keys such as `command` kept).
+pub fn query_pairs(q: &str) -> Vec<(String, String)> {
+    q.split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) => (decode(k), decode(v)),
+            None => (decode(kv), String::new()),
+        })
+        .collect()
+}
+
 fn running(pods_dir: &Path, uid: &str, container: &str) -> bool {
     shim::read_state(&pods_dir.join(uid)).is_some_and(|st| {
         st.containers
@@ -163,8 +199,82 @@ impl Server {
         r
     }
 
+    fn exec(&self, mut req: Request<Incoming>, container: &str) -> Response<Body> {
+        let h = req.headers();
+        let key = h
+            .get("sec-websocket-key")
+            .and_then(|v| v.to_str().ok())
+            .map(String::from);
+        let offer = h
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let Some(key) = key else {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "exec needs a WebSocket upgrade (v5.channel.k8s.io)".into(),
+            );
+        };
+        let Some(proto) = crate::exec::choose_protocol(&offer) else {
+            return text(StatusCode::BAD_REQUEST, format!("unsupported WebSocket sub-protocols {offer:?}; supported: v5.channel.k8s.io, v4.channel.k8s.io"));
+        };
+        let pairs = query_pairs(req.uri().query().unwrap_or(""));
+        let argv: Vec<String> = pairs
+            .iter()
+            .filter(|(k, _)| k == "command")
+            .map(|(_, v)| v.clone())
+            .collect();
+        let stdin = pairs
+            .iter()
+            .any(|(k, v)| k == "stdin" && (v == "true" || v == "1"));
+        let uid = pairs
+            .iter()
+            .find(|(k, _)| k == "uid")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        let target = crate::exec::target(&self.pods_dir.join(&uid), container);
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(up) = on_upgrade.await {
+                crate::exec::session(TokioIo::new(up), target, argv, stdin).await;
+            }
+        });
+        let mut r = Response::new(Full::new(Bytes::new()).boxed());
+        *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let hs = r.headers_mut();
+        hs.insert(
+            hyper::header::UPGRADE,
+            hyper::header::HeaderValue::from_static("websocket"),
+        );
+        hs.insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("Upgrade"),
+        );
+        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+        if let Ok(v) = hyper::header::HeaderValue::from_str(&accept) {
+            hs.insert("sec-websocket-accept", v);
+        }
+        hs.insert(
+            "sec-websocket-protocol",
+            hyper::header::HeaderValue::from_static(proto),
+        );
+        r
+    }
+
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
         let q = query(&req);
+        if let ["exec", _ns, _pod, container] = req
+            .uri()
+            .path()
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .as_slice()
+        {
+            let container = container.to_string();
+            return Ok(self.exec(req, &container));
+        }
         let segs: Vec<String> = req
             .uri()
             .path()
@@ -204,5 +314,24 @@ pub async fn serve(sock: PathBuf, server: Server) -> std::io::Result<()> {
                 .with_upgrades()
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_decoding() {
+        let q =
+            query_pairs("command=sh&command=-c&command=echo+hi%3B+exit%203&stdin=true&container=c");
+        let argv: Vec<&str> = q
+            .iter()
+            .filter(|(k, _)| k == "command")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(argv, vec!["sh", "-c", "echo hi; exit 3"]);
+        assert_eq!(decode("a%2"), "a%2");
+        assert_eq!(decode("100%25"), "100%");
     }
 }

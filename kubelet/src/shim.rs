@@ -114,7 +114,7 @@ fn kubelet_exe() -> PathBuf {
 }
 
 /// The host PID of the container's PID 1: the child of the `unshare` process.
-fn container_pid(unshare_pid: u32) -> Option<u32> {
+pub fn container_pid(unshare_pid: u32) -> Option<u32> {
     for e in std::fs::read_dir("/proc").ok()?.flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
             continue;

@@ -118,6 +118,21 @@ impl Cluster {
         self.wait_ready(Duration::from_secs(60));
     }
 
+    /// `skiff down`, then `skiff up` again on the same data (as a host reboot would).
+    pub fn restart(&mut self) {
+        let out = self.skiff(&["down"]);
+        assert!(
+            out.status.success(),
+            "skiff down: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if let Some(mut up) = self.up.take() {
+            let _ = up.wait();
+        }
+        let _ = std::fs::write(self.dir.join("up.log"), "");
+        self.spawn_up();
+    }
+
     pub fn up_log(&self) -> String {
         std::fs::read_to_string(self.dir.join("up.log")).unwrap_or_default()
     }
