@@ -707,3 +707,101 @@ fn exec_and_pods_coming_back_after_a_restart() {
     );
     c.stop();
 }
+
+#[test]
+fn graceful_termination_with_prestop() {
+    if !can_run("graceful_termination_with_prestop") {
+        return;
+    }
+    let c = Cluster::start("grace");
+    let script = "import signal, sys, time\ndef h(*a):\n    print('got SIGTERM', flush=True)\n    sys.exit(0)\nsignal.signal(signal.SIGTERM, h)\nprint('ready', flush=True)\nwhile True:\n    time.sleep(0.1)\n";
+    create(
+        &c,
+        json!({"metadata": {"name": "polite"}, "spec": {"terminationGracePeriodSeconds": 20, "containers": [{"name": "c", "command": ["python3", "-u", "-c", script],
+        "lifecycle": {"preStop": {"exec": {"command": ["sh", "-c", "echo prestop-ran > /proc/1/fd/1"]}}}}]}}),
+    );
+    create(
+        &c,
+        json!({"metadata": {"name": "stubborn"}, "spec": {"terminationGracePeriodSeconds": 2, "containers": [{"name": "c", "command": ["sleep", "3600"]}]}}),
+    );
+    create(
+        &c,
+        json!({"metadata": {"name": "hurried"}, "spec": {"terminationGracePeriodSeconds": 30, "containers": [{"name": "c", "command": ["sleep", "3600"]}]}}),
+    );
+    let polite = wait_for(&c, "polite", "Running", |p| phase(p) == "Running");
+    wait_for(&c, "stubborn", "Running", |p| phase(p) == "Running");
+    wait_for(&c, "hurried", "Running", |p| phase(p) == "Running");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !logs(&c, &polite, "c").contains("ready") {
+        assert!(Instant::now() < deadline, "never ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let gone = |name: &str, limit: u64| {
+        let t0 = Instant::now();
+        let deadline = t0 + Duration::from_secs(limit);
+        while c
+            .curl(
+                "GET",
+                &format!("/api/v1/namespaces/default/pods/{name}"),
+                None,
+                "application/json",
+            )
+            .0
+            != 404
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{name} not deleted within {limit}s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        t0.elapsed()
+    };
+    // preStop runs first, then SIGTERM; a process that exits on SIGTERM ends the wait early.
+    let (code, v) = c.curl(
+        "DELETE",
+        "/api/v1/namespaces/default/pods/polite",
+        None,
+        "application/json",
+    );
+    assert_eq!(code, 200);
+    assert_eq!(v["metadata"]["deletionGracePeriodSeconds"], 20);
+    let took = gone("polite", 15);
+    let out = logs(&c, &polite, "c");
+    let (pre, term) = (out.find("prestop-ran"), out.find("got SIGTERM"));
+    assert!(
+        pre.is_some() && term.is_some() && pre < term,
+        "order wrong: {out}"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    // A PID 1 that ignores SIGTERM is killed when the grace period ends.
+    assert_eq!(
+        c.curl(
+            "DELETE",
+            "/api/v1/namespaces/default/pods/stubborn",
+            None,
+            "application/json"
+        )
+        .0,
+        200
+    );
+    let took = gone("stubborn", 15);
+    assert!(
+        took >= Duration::from_millis(1800),
+        "killed before its grace period: {took:?}"
+    );
+    // gracePeriodSeconds on the delete overrides the pod's own.
+    let (code, v) = c.curl(
+        "DELETE",
+        "/api/v1/namespaces/default/pods/hurried?gracePeriodSeconds=1",
+        None,
+        "application/json",
+    );
+    assert_eq!(
+        (code, v["metadata"]["deletionGracePeriodSeconds"].as_i64()),
+        (200, Some(1))
+    );
+    let took = gone("hurried", 15);
+    assert!(took < Duration::from_secs(8), "{took:?}");
+    c.stop();
+}

@@ -1142,13 +1142,25 @@ pub async fn delete_object(
             }
             let pending = !finalizers(&cur).is_empty() || (kind.kind == "Namespace" && spec_finalizers(&cur) > 0);
             let out = if pending {
-                if has_deletion(&cur) {
+                let shorter = opts.get("gracePeriodSeconds").and_then(Value::as_i64).filter(|g| kind.kind == "Pod" && *g < cur["metadata"]["deletionGracePeriodSeconds"].as_i64().unwrap_or(i64::MAX));
+                if has_deletion(&cur) && shorter.is_some() {
+                    let mut o = cur;
+                    meta_mut(&mut o).insert("deletionGracePeriodSeconds".into(), json!(shorter.unwrap_or(0).max(0)));
+                    Outcome::Put(o)
+                } else if has_deletion(&cur) {
                     Outcome::Unchanged(cur)
                 } else {
                     let mut o = cur;
                     let m = meta_mut(&mut o);
                     m.insert("deletionTimestamp".into(), json!(now_rfc3339()));
-                    m.insert("deletionGracePeriodSeconds".into(), json!(0));
+                    // Pods get the grace period asked for (gracePeriodSeconds), else their own.
+                    let grace = if kind.kind == "Pod" {
+                        opts.get("gracePeriodSeconds").and_then(Value::as_i64).unwrap_or_else(|| o["spec"]["terminationGracePeriodSeconds"].as_i64().unwrap_or(30)).max(0)
+                    } else {
+                        0
+                    };
+                    let m = meta_mut(&mut o);
+                    m.insert("deletionGracePeriodSeconds".into(), json!(grace));
                     if kind.kind == "Namespace" {
                         o["status"]["phase"] = json!("Terminating");
                     }
@@ -1178,6 +1190,12 @@ async fn delete(
     let mut opts = body.clone();
     if let Some(dr) = q.get("dryRun") {
         opts["dryRun"] = json!([dr]);
+    }
+    if let Some(g) = q
+        .get("gracePeriodSeconds")
+        .and_then(|g| g.parse::<i64>().ok())
+    {
+        opts["gracePeriodSeconds"] = json!(g);
     }
     let is_dry = opts
         .get("dryRun")

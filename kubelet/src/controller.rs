@@ -251,7 +251,13 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         if !ours {
             return Ok(Action::await_change());
         }
-        let grace = spec.termination_grace_period_seconds.unwrap_or(30).max(0);
+        let grace = pod
+            .metadata
+            .deletion_grace_period_seconds
+            .or(spec.termination_grace_period_seconds)
+            .unwrap_or(30)
+            .max(0);
+        let _ = std::fs::write(ctx.pod_dir(&uid).join("grace"), grace.to_string());
         let since = pod
             .metadata
             .deletion_timestamp

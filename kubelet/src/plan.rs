@@ -52,6 +52,11 @@ pub struct ContainerPlan {
     pub liveness: Option<k8s_openapi::api::core::v1::Probe>,
     #[serde(default)]
     pub startup: Option<k8s_openapi::api::core::v1::Probe>,
+    /// `lifecycle.preStop`: a command run in the container, or a pause, before SIGTERM.
+    #[serde(default)]
+    pub pre_stop_exec: Option<Vec<String>>,
+    #[serde(default)]
+    pub pre_stop_sleep: Option<i64>,
 }
 
 /// Facts about the node and pod the downward API can expose.
@@ -284,6 +289,18 @@ fn container_plan(pod: &Pod, c: &Container, f: &Facts) -> ContainerPlan {
         readiness: c.readiness_probe.clone(),
         liveness: c.liveness_probe.clone(),
         startup: c.startup_probe.clone(),
+        pre_stop_exec: c
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.pre_stop.as_ref())
+            .and_then(|h| h.exec.as_ref())
+            .and_then(|e| e.command.clone()),
+        pre_stop_sleep: c
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.pre_stop.as_ref())
+            .and_then(|h| h.sleep.as_ref())
+            .map(|s| s.seconds),
     }
 }
 

@@ -395,13 +395,54 @@ async fn run_once(
     let status = match killed {
         Err(s) => s?,
         Ok(_) => {
-            // Graceful stop (deletion, or a failed liveness/startup probe): SIGTERM to the
-            // container's PID 1, then SIGKILL after the grace period.
-            if let Some(p) = container_pid(unshare_pid) {
+            // Graceful stop (deletion, or a failed liveness/startup probe): the preStop hook,
+            // then SIGTERM to the container's PID 1, then SIGKILL when the grace period is over.
+            // The kubelet may have written a shorter grace period (delete --grace-period).
+            let grace_s = std::fs::read_to_string(shared.dir.join("grace"))
+                .ok()
+                .and_then(|g| g.trim().parse::<i64>().ok())
+                .unwrap_or(plan.termination_grace_seconds);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(grace_s.max(0) as u64);
+            let pid = container_pid(unshare_pid);
+            if let (Some(argv), Some(p)) = (&c.pre_stop_exec, pid) {
+                let mut hook = tokio::process::Command::new("nsenter");
+                hook.args([
+                    "-t",
+                    &p.to_string(),
+                    "-m",
+                    "-u",
+                    "-i",
+                    "-n",
+                    "-p",
+                    "-r",
+                    "-w",
+                    "--",
+                ])
+                .args(argv)
+                .env_clear();
+                hook.env(
+                    "PATH",
+                    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                );
+                for (k, v) in &c.env {
+                    hook.env(k, v);
+                }
+                hook.stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .kill_on_drop(true);
+                let _ = tokio::time::timeout_at(deadline, hook.status()).await;
+            } else if let Some(secs) = c.pre_stop_sleep {
+                let _ = tokio::time::timeout_at(
+                    deadline,
+                    tokio::time::sleep(Duration::from_secs(secs.max(0) as u64)),
+                )
+                .await;
+            }
+            if let Some(p) = pid {
                 let _ = kill(Pid::from_raw(p as i32), Signal::SIGTERM);
             }
-            let grace = Duration::from_secs(plan.termination_grace_seconds.max(0) as u64);
-            match tokio::time::timeout(grace, child.wait()).await {
+            match tokio::time::timeout_at(deadline, child.wait()).await {
                 Ok(s) => s?,
                 Err(_) => {
                     if let Some(p) = container_pid(unshare_pid) {
