@@ -46,6 +46,28 @@ fn wait_for(c: &Cluster, name: &str, what: &str, f: impl Fn(&Value) -> bool) -> 
     }
 }
 
+/// The reasons of the events about a pod, waiting until `want` is among them.
+fn wait_event(c: &Cluster, pod: &str, want: &str) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, l) = c.curl(
+            "GET",
+            &format!("/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3D{pod}"),
+            None,
+            "application/json",
+        );
+        let items = l["items"].as_array().cloned().unwrap_or_default();
+        if items.iter().any(|e| e["reason"] == want) {
+            return items;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {want} event for {pod}: {items:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn phase(p: &Value) -> &str {
     p["status"]["phase"].as_str().unwrap_or("")
 }
@@ -250,6 +272,21 @@ fn pods_run_reach_each_other_and_report_status() {
         .unwrap()
         .to_string();
     assert!(msg.contains("Insufficient cpu"), "{msg}");
+    // What happened is recorded as Events, shown by describe.
+    wait_event(&c, "huge", "FailedScheduling");
+    wait_event(&c, "crash", "BackOff");
+    let evs = wait_event(&c, "b", "Started");
+    assert!(
+        evs.iter()
+            .any(|e| e["reason"] == "Scheduled" && e["source"]["component"] == "default-scheduler"),
+        "{evs:?}"
+    );
+    let d = String::from_utf8_lossy(&c.skiff(&["describe", "pod", "b"]).stdout).into_owned();
+    assert!(d.contains("Started") && d.contains("Scheduled"), "{d}");
+    if common::have_kubectl("describe (kubectl part)") {
+        let d = common::ok(&c.kubectl(&["describe", "pod", "crash"]));
+        assert!(d.contains("BackOff"), "{d}");
+    }
 
     // kill -9 of the kubelet: the pods keep running and stay reachable.
     c.kill9("kubelet");
@@ -514,6 +551,15 @@ fn probes_drive_readiness_and_restarts() {
             >= 1
     });
     assert_eq!(phase(&deaf), "Running");
+    let evs = wait_event(&c, "live", "Unhealthy");
+    assert!(
+        evs.iter().any(|e| e["reason"] == "Unhealthy"
+            && e["message"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("Liveness probe failed")),
+        "{evs:?}"
+    );
 
     // httpGet readiness on a named port, tcpSocket liveness that passes: Ready, never restarted.
     let web = wait_for(&c, "web", "Ready", ready_cond);

@@ -33,6 +33,8 @@ pub enum Error {
 }
 
 pub struct Ctx {
+    /// Probe failures already reported, per pod UID and container (to emit each once).
+    pub reported: std::sync::Mutex<std::collections::HashMap<String, String>>,
     pub client: kube::Client,
     pub node: String,
     pub host_ip: String,
@@ -223,6 +225,40 @@ impl Ctx {
     }
 }
 
+/// Records a core/v1 Event about a pod (what `kubectl describe` and `get events` show).
+pub async fn event(
+    client: &kube::Client,
+    pod: &Pod,
+    ty: &str,
+    reason: &str,
+    message: &str,
+    component: &str,
+    node: &str,
+) {
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let now = skiff_core::time::now_rfc3339();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let ev = json!({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": format!("{name}.{nanos:x}"), "namespace": ns},
+        "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": ns, "name": name, "uid": pod.metadata.uid, "resourceVersion": pod.metadata.resource_version},
+        "reason": reason, "message": message, "type": ty,
+        "source": {"component": component, "host": node},
+        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        "reportingComponent": component, "reportingInstance": node,
+    });
+    let api: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), &ns);
+    if let Ok(e) = serde_json::from_value(ev) {
+        if let Err(err) = api.create(&Default::default(), &e).await {
+            tracing::debug!("recording event {reason}: {err}");
+        }
+    }
+}
+
 async fn patch_finalizers(api: &Api<Pod>, pod: &Pod, fins: Vec<String>) -> Result<bool, Error> {
     let name = pod.metadata.name.clone().unwrap_or_default();
     let patch =
@@ -257,7 +293,22 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             .or(spec.termination_grace_period_seconds)
             .unwrap_or(30)
             .max(0);
-        let _ = std::fs::write(ctx.pod_dir(&uid).join("grace"), grace.to_string());
+        let grace_file = ctx.pod_dir(&uid).join("grace");
+        if !grace_file.exists() && shim_pid(&ctx.pod_dir(&uid)).is_some() {
+            for c in &spec.containers {
+                event(
+                    &ctx.client,
+                    &pod,
+                    "Normal",
+                    "Killing",
+                    &format!("Stopping container {}", c.name),
+                    "kubelet",
+                    &ctx.node,
+                )
+                .await;
+            }
+        }
+        let _ = std::fs::write(&grace_file, grace.to_string());
         let since = pod
             .metadata
             .deletion_timestamp
@@ -290,6 +341,16 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             if current.as_deref() != Some(msg.as_str()) {
                 api.patch_status(&name, &PatchParams::default(), &Patch::Merge(cond))
                     .await?;
+                event(
+                    &ctx.client,
+                    &pod,
+                    "Warning",
+                    "FailedScheduling",
+                    &msg,
+                    "default-scheduler",
+                    &ctx.node,
+                )
+                .await;
             }
             return Ok(Action::requeue(Duration::from_secs(2)));
         }
@@ -298,7 +359,18 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
             .await
         {
-            Ok(_) => {}
+            Ok(_) => {
+                event(
+                    &ctx.client,
+                    &pod,
+                    "Normal",
+                    "Scheduled",
+                    &format!("Successfully assigned {ns}/{name} to {}", ctx.node),
+                    "default-scheduler",
+                    &ctx.node,
+                )
+                .await
+            }
             Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {}
             Err(e) => return Err(e.into()),
         }
@@ -365,10 +437,75 @@ async fn sync_status(
     st: &shim::PodState,
     ctx: &Ctx,
 ) -> Result<(), Error> {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    for cs in &st.containers {
+        if cs.probe_failure.is_empty() {
+            continue;
+        }
+        let key = format!("{uid}/{}", cs.name);
+        let fresh = {
+            let mut r = ctx.reported.lock().unwrap_or_else(|e| e.into_inner());
+            r.insert(key, cs.probe_failure.clone()).as_deref() != Some(cs.probe_failure.as_str())
+        };
+        if fresh {
+            event(
+                &ctx.client,
+                pod,
+                "Warning",
+                "Unhealthy",
+                &cs.probe_failure,
+                "kubelet",
+                &ctx.node,
+            )
+            .await;
+        }
+    }
     let now = skiff_core::time::now_rfc3339();
     let new = pod_status(pod, st, &ctx.host_ip, &now);
     let old = serde_json::to_value(pod.status.clone().unwrap_or_default())?;
     if differs(&old, &new) {
+        // Transitions users see as events.
+        for (i, cs) in new["containerStatuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let c = cs["name"].as_str().unwrap_or("");
+            let before = &old["containerStatuses"][i];
+            let started = cs["state"]["running"]["startedAt"].as_str();
+            if started.is_some() && before["state"]["running"]["startedAt"].as_str() != started {
+                event(
+                    &ctx.client,
+                    pod,
+                    "Normal",
+                    "Started",
+                    &format!("Started container {c}"),
+                    "kubelet",
+                    &ctx.node,
+                )
+                .await;
+            }
+            if cs["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+                && before["state"]["waiting"]["reason"] != "CrashLoopBackOff"
+            {
+                let msg = format!(
+                    "Back-off restarting failed container {c} in pod {}_{}({uid})",
+                    pod.metadata.name.clone().unwrap_or_default(),
+                    pod.metadata.namespace.clone().unwrap_or_default()
+                );
+                event(
+                    &ctx.client,
+                    pod,
+                    "Warning",
+                    "BackOff",
+                    &msg,
+                    "kubelet",
+                    &ctx.node,
+                )
+                .await;
+            }
+        }
         let name = pod.metadata.name.clone().unwrap_or_default();
         match api
             .patch_status(

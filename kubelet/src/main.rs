@@ -138,6 +138,7 @@ async fn run(
         ..Default::default()
     };
     let ctx = Arc::new(Ctx {
+        reported: Default::default(),
         client: client.clone(),
         node: node.clone(),
         host_ip,

@@ -38,6 +38,9 @@ pub struct ContainerState {
     /// Past its startup probe (or running, without one).
     #[serde(default)]
     pub started: bool,
+    /// The latest probe failure (`Readiness probe failed: ...`), for Unhealthy events.
+    #[serde(default)]
+    pub probe_failure: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -187,6 +190,22 @@ async fn probe_loop(
         Some(startup.is_none()),
     )
     .await;
+    let note = |r: Result<(), String>, what: &'static str| {
+        let (shared, name) = (shared.clone(), name.clone());
+        async move {
+            if let Err(e) = &r {
+                let msg = format!("{what} probe failed: {e}");
+                shared
+                    .update(|st| {
+                        if let Some(cs) = st.containers.iter_mut().find(|x| x.name == name) {
+                            cs.probe_failure = msg;
+                        }
+                    })
+                    .await;
+            }
+            r.is_ok()
+        }
+    };
     let mut target = Target {
         pod_ip,
         ports: c.ports.clone(),
@@ -220,7 +239,7 @@ async fn probe_loop(
         };
         if startup.is_some() {
             if let Some(p) = due(&mut startup) {
-                let ok = run(&p, &target).await.is_ok();
+                let ok = note(run(&p, &target).await, "Startup").await;
                 let v = startup.as_mut().map(|(_, tr, _)| tr.record(ok));
                 match v {
                     Some(Verdict::Passing) => {
@@ -237,14 +256,14 @@ async fn probe_loop(
             continue;
         }
         if let Some(p) = due(&mut liveness) {
-            let ok = run(&p, &target).await.is_ok();
+            let ok = note(run(&p, &target).await, "Liveness").await;
             if liveness.as_mut().map(|(_, tr, _)| tr.record(ok)) == Some(Verdict::Failing) {
                 let _ = kill_tx.send("Liveness probe failed".into()).await;
                 return;
             }
         }
         if let Some(p) = due(&mut readiness) {
-            let ok = run(&p, &target).await.is_ok();
+            let ok = note(run(&p, &target).await, "Readiness").await;
             match readiness.as_mut().map(|(_, tr, _)| tr.record(ok)) {
                 Some(Verdict::Passing) => set(Some(true), None).await,
                 Some(Verdict::Failing) => set(Some(false), None).await,
