@@ -851,3 +851,48 @@ fn graceful_termination_with_prestop() {
     assert!(took < Duration::from_secs(8), "{took:?}");
     c.stop();
 }
+
+#[test]
+fn security_context_users_and_capabilities() {
+    if !can_run("security_context_users_and_capabilities") {
+        return;
+    }
+    let c = Cluster::start("secctx");
+    let show =
+        "grep -E '^Cap(Eff|Bnd)' /proc/self/status | tr '\\t' ' '; echo uid=$(id -u) gid=$(id -g)";
+    create(
+        &c,
+        json!({"metadata": {"name": "sec"}, "spec": {"restartPolicy": "Never", "containers": [
+        {"name": "plain", "command": ["sh", "-c", show]},
+        {"name": "user", "command": ["sh", "-c", show], "securityContext": {"runAsUser": 1000, "runAsGroup": 3000}},
+        {"name": "priv", "command": ["sh", "-c", show], "securityContext": {"privileged": true}}]}}),
+    );
+    let p = wait_for(&c, "sec", "Succeeded", |p| {
+        phase(p) == "Succeeded" || phase(p) == "Failed"
+    });
+    assert_eq!(phase(&p), "Succeeded", "{p}");
+    // containerd's default set: CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID SETPCAP
+    // NET_BIND_SERVICE NET_RAW SYS_CHROOT MKNOD AUDIT_WRITE SETFCAP.
+    let plain = logs(&c, &p, "plain");
+    assert!(
+        plain.contains("CapEff: 00000000a80425fb") && plain.contains("CapBnd: 00000000a80425fb"),
+        "{plain}"
+    );
+    assert!(plain.contains("uid=0 gid=0"), "{plain}");
+    let user = logs(&c, &p, "user");
+    assert!(user.contains("uid=1000 gid=3000"), "{user}");
+    assert!(
+        user.contains("CapEff: 0000000000000000") && user.contains("CapBnd: 00000000a80425fb"),
+        "{user}"
+    );
+    let privileged = logs(&c, &p, "priv");
+    let eff = privileged
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff: "))
+        .unwrap_or("");
+    assert!(
+        u64::from_str_radix(eff.trim(), 16).unwrap_or(0) > 0xa80425fb,
+        "{privileged}"
+    );
+    c.stop();
+}

@@ -32,6 +32,44 @@ pub struct InitConfig {
     /// cgroup.procs files to join before anything else (resource limits).
     #[serde(default)]
     pub cgroup_procs: Vec<String>,
+    /// Privileged containers keep every capability; others get the default set.
+    #[serde(default)]
+    pub privileged: bool,
+}
+
+/// The capabilities a container gets by default, as containerd grants them.
+pub const DEFAULT_CAPS: &[caps::Capability] = &[
+    caps::Capability::CAP_CHOWN,
+    caps::Capability::CAP_DAC_OVERRIDE,
+    caps::Capability::CAP_FSETID,
+    caps::Capability::CAP_FOWNER,
+    caps::Capability::CAP_MKNOD,
+    caps::Capability::CAP_NET_RAW,
+    caps::Capability::CAP_SETGID,
+    caps::Capability::CAP_SETUID,
+    caps::Capability::CAP_SETFCAP,
+    caps::Capability::CAP_SETPCAP,
+    caps::Capability::CAP_NET_BIND_SERVICE,
+    caps::Capability::CAP_SYS_CHROOT,
+    caps::Capability::CAP_KILL,
+    caps::Capability::CAP_AUDIT_WRITE,
+];
+
+/// Limits the process to the default capability set (bounding, inheritable, permitted,
+/// effective), so what it execs can never regain more.
+fn drop_capabilities() -> Result<()> {
+    use caps::{CapSet, CapsHashSet};
+    let keep: CapsHashSet = DEFAULT_CAPS.iter().copied().collect();
+    for cap in caps::all() {
+        if !keep.contains(&cap) {
+            caps::drop(None, CapSet::Bounding, cap)
+                .with_context(|| format!("dropping {cap} from the bounding set"))?;
+        }
+    }
+    caps::set(None, CapSet::Inheritable, &keep).context("inheritable capabilities")?;
+    caps::set(None, CapSet::Effective, &keep).context("effective capabilities")?;
+    caps::set(None, CapSet::Permitted, &keep).context("permitted capabilities")?;
+    Ok(())
 }
 
 fn none() -> Option<&'static str> {
@@ -257,6 +295,9 @@ pub fn run(cfg: &InitConfig) -> Result<()> {
             nix::unistd::setgroups(&[])?;
         }
         cmd.uid(u);
+    }
+    if !cfg.privileged {
+        drop_capabilities()?;
     }
     let err = cmd.exec();
     // exec only returns on failure; 127/126 as shells report "not found"/"not executable".

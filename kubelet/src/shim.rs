@@ -301,6 +301,7 @@ async fn run_once(
         uid: c.uid.and_then(|u| u32::try_from(u).ok()),
         gid: c.gid.and_then(|g| u32::try_from(g).ok()),
         cgroup_procs: Vec::new(),
+        privileged: c.privileged,
     };
     // Limits: a cgroup per container run, joined by the init before it execs.
     let cgroup = match crate::cgroup::Cgroup::create(
