@@ -10,6 +10,7 @@ fi
 
 need=()
 command -v ip >/dev/null || need+=(iproute2)
+command -v nsenter >/dev/null || need+=(util-linux)
 command -v nft >/dev/null || need+=(nftables)
 command -v curl >/dev/null || need+=(curl ca-certificates)
 command -v cc >/dev/null || need+=(build-essential)

@@ -1,0 +1,316 @@
+//! Pod benchmark (root): pod start latency (create → Running seen by a watch) for pods one at
+//! a time and many at once, delete latency, and the RSS of the daemons and pod supervisors at
+//! 0, 100 and 500 pods, against a release `skiff up` in a throwaway network namespace.
+//! Run: `cargo build --release --workspace && cargo bench --bench pods`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use skiff_core::client::ApiClient;
+
+fn pct(v: &mut [Duration], p: f64) -> Duration {
+    v.sort_unstable();
+    if v.is_empty() {
+        return Duration::ZERO;
+    }
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1000.0)
+}
+
+/// RSS in MiB of processes whose command line mentions `needle`, grouped by program.
+fn rss(needle: &str) -> HashMap<String, f64> {
+    let mut out: HashMap<String, f64> = HashMap::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if !cmd.contains(needle) {
+            continue;
+        }
+        let kb: f64 = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0.0);
+        let prog = cmd
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .rsplit('/')
+            .next()
+            .unwrap_or("")
+            .to_string();
+        let key = if cmd.contains(" shim ") {
+            "skiff-kubelet shim (all)".to_string()
+        } else if prog == "skiff-kubelet" {
+            "skiff-kubelet".into()
+        } else {
+            prog
+        };
+        *out.entry(key).or_default() += kb / 1024.0;
+    }
+    out
+}
+
+fn pod(name: &str) -> String {
+    json!({"metadata": {"name": name, "labels": {"bench": "1"}}, "spec": {"terminationGracePeriodSeconds": 0, "containers": [{"name": "c", "command": ["sleep", "3600"]}]}}).to_string()
+}
+
+/// Watches pods and records when each was first seen Running / deleted.
+async fn watch(c: ApiClient, tx: tokio::sync::mpsc::UnboundedSender<(String, String, Instant)>) {
+    let (_, mut lines) = c
+        .stream(
+            "/api/v1/namespaces/default/pods?watch=true&labelSelector=bench%3D1",
+            None,
+        )
+        .await
+        .unwrap();
+    while let Ok(Some(l)) = lines.next_line().await {
+        let v: Value = serde_json::from_slice(&l).unwrap_or_default();
+        let name = v["object"]["metadata"]["name"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        let what = if v["type"] == "DELETED" {
+            "deleted".to_string()
+        } else {
+            v["object"]["status"]["phase"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        };
+        let _ = tx.send((name, what, Instant::now()));
+    }
+}
+
+async fn wait_all(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<(String, String, Instant)>,
+    names: &[String],
+    state: &str,
+    seen: &mut HashMap<String, Instant>,
+) {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while names.iter().any(|n| !seen.contains_key(n)) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, rx.recv()).await {
+            Ok(Some((n, what, at))) if what == state => {
+                seen.entry(n).or_insert(at);
+            }
+            Ok(Some(_)) => {}
+            _ => panic!("timed out waiting for {state}"),
+        }
+    }
+}
+
+fn main() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: the pod benchmark needs root");
+        return;
+    }
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_skiff"));
+    let quick = std::env::var("SKIFF_BENCH_QUICK").is_ok();
+    let (n, big) = if quick { (20, 50) } else { (100, 500) };
+    let ns = format!("skiff-bench-{}", std::process::id());
+    let dir = std::env::temp_dir().join(&ns);
+    let data = dir.join("data");
+    std::fs::create_dir_all(&dir).unwrap();
+    Command::new("ip")
+        .args(["netns", "add", &ns])
+        .status()
+        .unwrap();
+    Command::new("ip")
+        .args(["-n", &ns, "link", "set", "lo", "up"])
+        .status()
+        .unwrap();
+    let log = std::fs::File::create(dir.join("up.log")).unwrap();
+    let mut up = Command::new("ip")
+        .args(["netns", "exec", &ns])
+        .arg(&exe)
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("up")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let sock = data.join("apiserver.sock");
+    let t0 = Instant::now();
+    while !std::fs::read_to_string(dir.join("up.log"))
+        .unwrap_or_default()
+        .contains("ready")
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "cluster did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let startup = t0.elapsed();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let needle = data.display().to_string();
+    let mut rows = Vec::new();
+    let mut rss_rows = vec![(0, rss(&needle))];
+    rt.block_on(async {
+        let c = ApiClient::unix(&sock);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(watch(c.clone(), tx));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // One at a time.
+        let mut lat = Vec::new();
+        for i in 0..n {
+            let name = format!("seq-{i}");
+            let t = Instant::now();
+            let r = c
+                .request(
+                    "POST",
+                    "/api/v1/namespaces/default/pods",
+                    Some("application/json"),
+                    pod(&name).into_bytes(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(r.status, 201);
+            let mut seen = HashMap::new();
+            wait_all(&mut rx, std::slice::from_ref(&name), "Running", &mut seen).await;
+            lat.push(seen[&name] - t);
+        }
+        rows.push(format!(
+            "| start, one at a time | {n} | {} | {} | {} |",
+            ms(pct(&mut lat.clone(), 0.5)),
+            ms(pct(&mut lat.clone(), 0.99)),
+            ms(*lat.iter().max().unwrap())
+        ));
+        rss_rows.push((n, rss(&needle)));
+        // Delete them one at a time.
+        let mut del = Vec::new();
+        for i in 0..n {
+            let name = format!("seq-{i}");
+            let t = Instant::now();
+            c.request(
+                "DELETE",
+                &format!("/api/v1/namespaces/default/pods/{name}"),
+                None,
+                Vec::new(),
+            )
+            .await
+            .unwrap();
+            let mut seen = HashMap::new();
+            wait_all(&mut rx, std::slice::from_ref(&name), "deleted", &mut seen).await;
+            del.push(seen[&name] - t);
+        }
+        rows.push(format!(
+            "| delete, one at a time | {n} | {} | {} | {} |",
+            ms(pct(&mut del.clone(), 0.5)),
+            ms(pct(&mut del.clone(), 0.99)),
+            ms(*del.iter().max().unwrap())
+        ));
+        // Many at once.
+        let names: Vec<String> = (0..n).map(|i| format!("par-{i}")).collect();
+        let mut created = HashMap::new();
+        for name in &names {
+            created.insert(name.clone(), Instant::now());
+            let r = c
+                .request(
+                    "POST",
+                    "/api/v1/namespaces/default/pods",
+                    Some("application/json"),
+                    pod(name).into_bytes(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(r.status, 201);
+        }
+        let mut seen = HashMap::new();
+        wait_all(&mut rx, &names, "Running", &mut seen).await;
+        let lat: Vec<Duration> = names.iter().map(|n| seen[n] - created[n]).collect();
+        rows.push(format!(
+            "| start, {n} at once | {n} | {} | {} | {} |",
+            ms(pct(&mut lat.clone(), 0.5)),
+            ms(pct(&mut lat.clone(), 0.99)),
+            ms(*lat.iter().max().unwrap())
+        ));
+        // Up to `big` pods held at once.
+        let more: Vec<String> = (n..big).map(|i| format!("par-{i}")).collect();
+        for name in &more {
+            let r = c
+                .request(
+                    "POST",
+                    "/api/v1/namespaces/default/pods",
+                    Some("application/json"),
+                    pod(name).into_bytes(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(r.status, 201);
+        }
+        wait_all(&mut rx, &more, "Running", &mut seen).await;
+        rss_rows.push((big, rss(&needle)));
+    });
+    println!(
+        "# skiff pod benchmark\n\ncluster start to `ready`: {} ms\n",
+        ms(startup)
+    );
+    println!("| operation | pods | p50 ms | p99 ms | max ms |\n|---|---|---|---|---|");
+    for r in rows {
+        println!("{r}");
+    }
+    let mut progs: Vec<String> = rss_rows
+        .iter()
+        .flat_map(|(_, m)| m.keys().cloned())
+        .collect();
+    progs.sort();
+    progs.dedup();
+    println!(
+        "\n| process | {} |\n|---|{}",
+        rss_rows
+            .iter()
+            .map(|(n, _)| format!("RSS MiB, {n} pods"))
+            .collect::<Vec<_>>()
+            .join(" | "),
+        "---|".repeat(rss_rows.len())
+    );
+    for p in progs {
+        println!(
+            "| {p} | {} |",
+            rss_rows
+                .iter()
+                .map(|(_, m)| format!("{:.1}", m.get(&p).copied().unwrap_or(0.0)))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+    }
+    // Stop (the kubelet stops every pod) and clean up.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(up.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let t = Instant::now();
+    while up.try_wait().ok().flatten().is_none() && t.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = up.kill();
+    let _ = up.wait();
+    let _ = Command::new("ip")
+        .args(["netns", "del", &ns])
+        .stderr(Stdio::null())
+        .status();
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = Path::new(&dir);
+}
