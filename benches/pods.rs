@@ -141,7 +141,7 @@ fn main() {
         .arg(&exe)
         .arg("--data-dir")
         .arg(&data)
-        .arg("up")
+        .args(["up", "--max-pods", "1000"])
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .spawn()

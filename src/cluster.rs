@@ -30,6 +30,9 @@ pub struct UpArgs {
     pub api_port: u16,
     #[arg(long, default_value = config::DEFAULT_BRIDGE)]
     pub bridge: String,
+    /// Most pods the node runs (the kubelet's maxPods; Kubernetes defaults to 110).
+    #[arg(long, default_value_t = 110)]
+    pub max_pods: u64,
 }
 
 struct Daemon {
@@ -244,6 +247,8 @@ pub async fn up(data_dir: &Path, a: &UpArgs) -> Result<u8> {
                 svc.to_string(),
                 "--pod-cidr".into(),
                 pod.to_string(),
+                "--max-pods".into(),
+                a.max_pods.to_string(),
             ],
         },
     ];

@@ -8,6 +8,7 @@ pub mod client;
 pub mod config;
 pub mod fields;
 pub mod json;
+pub mod kubeclient;
 pub mod quantity;
 pub mod selector;
 pub mod table;

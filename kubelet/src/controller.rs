@@ -45,6 +45,7 @@ pub struct Ctx {
     pub masked: Vec<String>,
     pub alloc_cpu_m: i64,
     pub alloc_mem: i64,
+    pub max_pods: i64,
 }
 
 /// What a pod asks for: (millicores, bytes). Requests default to limits, and init containers
@@ -171,7 +172,7 @@ impl Ctx {
         if used_mem + mem > self.alloc_mem {
             short.push("Insufficient memory");
         }
-        if count + 1 > crate::node::MAX_PODS as i64 {
+        if count + 1 > self.max_pods {
             short.push("Too many pods");
         }
         if short.is_empty() {

@@ -16,6 +16,38 @@ use tokio_tungstenite::WebSocketStream;
 use crate::plan::PodPlan;
 use crate::shim;
 
+/// The PATH commands run with inside containers.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// A command run inside a running container (its namespaces, root and working directory) with
+/// the container's environment, as CRI's exec does. Used by exec, exec probes and preStop.
+pub fn in_container(
+    pid: u32,
+    argv: &[String],
+    env: &[(String, String)],
+) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new("nsenter");
+    cmd.args([
+        "-t",
+        &pid.to_string(),
+        "-m",
+        "-u",
+        "-i",
+        "-n",
+        "-p",
+        "-r",
+        "-w",
+        "--",
+    ])
+    .args(argv)
+    .env_clear();
+    cmd.env("PATH", DEFAULT_PATH);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
 pub const PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
 
 /// Picks the sub-protocol from the client's offer (`Sec-WebSocket-Protocol`).
@@ -87,28 +119,7 @@ pub async fn session<S>(
             failure("you must specify at least one command for the container")
         }
         Ok((pid, env)) => {
-            let mut cmd = tokio::process::Command::new("nsenter");
-            cmd.args([
-                "-t",
-                &pid.to_string(),
-                "-m",
-                "-u",
-                "-i",
-                "-n",
-                "-p",
-                "-r",
-                "-w",
-                "--",
-            ])
-            .args(&argv)
-            .env_clear();
-            cmd.env(
-                "PATH",
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            );
-            for (k, v) in &env {
-                cmd.env(k, v);
-            }
+            let mut cmd = crate::exec::in_container(pid, &argv, &env);
             cmd.stdin(if want_stdin {
                 std::process::Stdio::piped()
             } else {

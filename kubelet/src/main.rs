@@ -37,6 +37,9 @@ enum Cmd {
         service_cidr: Cidr,
         #[arg(long, default_value = config::DEFAULT_POD_CIDR, value_parser = Cidr::parse)]
         pod_cidr: Cidr,
+        /// Most pods this node runs (Kubernetes' kubelet defaults to 110).
+        #[arg(long, default_value_t = 110)]
+        max_pods: u64,
     },
     /// Supervise one pod (started by the kubelet).
     Shim {
@@ -54,28 +57,6 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_lowercase())
         .unwrap_or_else(|_| "localhost".into())
-}
-
-async fn client(paths: &Paths) -> Result<kube::Client> {
-    let kc_path = paths.kubeconfig();
-    for _ in 0..600 {
-        if let Ok(kc) = kube::config::Kubeconfig::read_from(&kc_path) {
-            if let Ok(cfg) = kube::Config::from_custom_kubeconfig(
-                kc,
-                &kube::config::KubeConfigOptions::default(),
-            )
-            .await
-            {
-                if let Ok(c) = kube::Client::try_from(cfg) {
-                    if c.apiserver_version().await.is_ok() {
-                        return Ok(c);
-                    }
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    anyhow::bail!("the API server did not answer at {}", kc_path.display())
 }
 
 async fn register(nodes: &Api<Node>, h: &HostInfo) -> Result<()> {
@@ -108,6 +89,7 @@ async fn run(
     cluster_domain: String,
     service_cidr: Cidr,
     pod_cidr: Cidr,
+    max_pods: u64,
 ) -> Result<()> {
     let paths = Paths::new(&data_dir);
     let node = node_name.unwrap_or_else(hostname);
@@ -115,11 +97,12 @@ async fn run(
         .nth(1)
         .map(|ip| ip.to_string())
         .unwrap_or_else(|| "127.0.0.1".into());
-    let host = HostInfo::detect(&node, &host_ip);
+    let mut host = HostInfo::detect(&node, &host_ip);
+    host.max_pods = max_pods;
     if let Err(e) = skiff_kubelet::cgroup::ensure_mounted() {
         tracing::warn!("cgroups are not available, resource limits cannot be enforced: {e}");
     }
-    let client = client(&paths).await?;
+    let client = skiff_core::kubeclient::connect(&paths, Duration::from_secs(60)).await?;
     let nodes: Api<Node> = Api::all(client.clone());
     register(&nodes, &host)
         .await
@@ -149,6 +132,7 @@ async fn run(
         masked: vec![data_dir.display().to_string()],
         alloc_cpu_m: host.cpus as i64 * 1000,
         alloc_mem: host.memory_bytes.saturating_sub(RESERVED_MEMORY) as i64,
+        max_pods: max_pods as i64,
     });
     // Heartbeats keep the Ready condition fresh.
     {
@@ -247,6 +231,7 @@ fn main() -> std::process::ExitCode {
             cluster_domain,
             service_cidr,
             pod_cidr,
+            max_pods,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -265,6 +250,7 @@ fn main() -> std::process::ExitCode {
                     cluster_domain,
                     service_cidr,
                     pod_cidr,
+                    max_pods,
                 ))
             }) {
                 Ok(()) => std::process::ExitCode::SUCCESS,

@@ -13,6 +13,7 @@ pub struct HostInfo {
     pub kernel: String,
     pub os_image: String,
     pub boot_id: String,
+    pub max_pods: u64,
 }
 
 impl HostInfo {
@@ -49,6 +50,7 @@ impl HostInfo {
             boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
                 .map(|s| s.trim().to_string())
                 .unwrap_or_default(),
+            max_pods: MAX_PODS,
         }
     }
 }
@@ -61,8 +63,8 @@ pub const MAX_PODS: u64 = 110;
 pub fn node_status(h: &HostInfo, now: &str, ready_since: &str) -> Value {
     let alloc_mem = h.memory_bytes.saturating_sub(RESERVED_MEMORY);
     json!({
-        "capacity": {"cpu": h.cpus.to_string(), "memory": format!("{}Ki", h.memory_bytes / 1024), "pods": MAX_PODS.to_string(), "ephemeral-storage": "0"},
-        "allocatable": {"cpu": h.cpus.to_string(), "memory": format!("{}Ki", alloc_mem / 1024), "pods": MAX_PODS.to_string(), "ephemeral-storage": "0"},
+        "capacity": {"cpu": h.cpus.to_string(), "memory": format!("{}Ki", h.memory_bytes / 1024), "pods": h.max_pods.to_string(), "ephemeral-storage": "0"},
+        "allocatable": {"cpu": h.cpus.to_string(), "memory": format!("{}Ki", alloc_mem / 1024), "pods": h.max_pods.to_string(), "ephemeral-storage": "0"},
         "conditions": [
             {"type": "MemoryPressure", "status": "False", "reason": "KubeletHasSufficientMemory", "message": "kubelet has sufficient memory available", "lastHeartbeatTime": now, "lastTransitionTime": ready_since},
             {"type": "DiskPressure", "status": "False", "reason": "KubeletHasNoDiskPressure", "message": "kubelet has no disk pressure", "lastHeartbeatTime": now, "lastTransitionTime": ready_since},
@@ -113,6 +115,7 @@ mod tests {
             kernel: "6.1".into(),
             os_image: "Debian".into(),
             boot_id: "b".into(),
+            max_pods: 110,
         };
         let n = node_object(&h, "2026-01-01T00:00:00Z");
         let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(n.clone()).unwrap();

@@ -39,28 +39,7 @@ pub async fn run(p: &Probe, t: &Target) -> Result<(), String> {
         if let Some(e) = &p.exec {
             let argv = e.command.clone().unwrap_or_default();
             let pid = t.pid.ok_or("the container is not running")?;
-            let mut cmd = tokio::process::Command::new("nsenter");
-            cmd.args([
-                "-t",
-                &pid.to_string(),
-                "-m",
-                "-u",
-                "-i",
-                "-n",
-                "-p",
-                "-r",
-                "-w",
-                "--",
-            ])
-            .args(&argv)
-            .env_clear();
-            cmd.env(
-                "PATH",
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            );
-            for (k, v) in &t.env {
-                cmd.env(k, v);
-            }
+            let mut cmd = crate::exec::in_container(pid, &argv, &t.env);
             cmd.stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())

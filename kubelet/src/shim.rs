@@ -425,28 +425,7 @@ async fn run_once(
             let deadline = tokio::time::Instant::now() + Duration::from_secs(grace_s.max(0) as u64);
             let pid = container_pid(unshare_pid);
             if let (Some(argv), Some(p)) = (&c.pre_stop_exec, pid) {
-                let mut hook = tokio::process::Command::new("nsenter");
-                hook.args([
-                    "-t",
-                    &p.to_string(),
-                    "-m",
-                    "-u",
-                    "-i",
-                    "-n",
-                    "-p",
-                    "-r",
-                    "-w",
-                    "--",
-                ])
-                .args(argv)
-                .env_clear();
-                hook.env(
-                    "PATH",
-                    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                );
-                for (k, v) in &c.env {
-                    hook.env(k, v);
-                }
+                let mut hook = crate::exec::in_container(p, argv, &c.env);
                 hook.stdin(Stdio::null())
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())

@@ -38,28 +38,6 @@ fn sysctl(path: &str, value: &str) -> Result<()> {
     std::fs::write(path, value).with_context(|| format!("setting {path}"))
 }
 
-async fn client(paths: &Paths) -> Result<kube::Client> {
-    let kc_path = paths.kubeconfig();
-    for _ in 0..600 {
-        if let Ok(kc) = kube::config::Kubeconfig::read_from(&kc_path) {
-            if let Ok(cfg) = kube::Config::from_custom_kubeconfig(
-                kc,
-                &kube::config::KubeConfigOptions::default(),
-            )
-            .await
-            {
-                if let Ok(c) = kube::Client::try_from(cfg) {
-                    if c.apiserver_version().await.is_ok() {
-                        return Ok(c);
-                    }
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    anyhow::bail!("the API server did not answer at {}", kc_path.display())
-}
-
 #[tokio::main]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
@@ -101,7 +79,7 @@ async fn main() -> Result<()> {
         .apply(&base_ruleset(&base))
         .context("installing the nftables rules")?;
 
-    let client = client(&paths).await?;
+    let client = skiff_core::kubeclient::connect(&paths, Duration::from_secs(60)).await?;
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         links: Kernel,
