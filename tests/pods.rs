@@ -601,20 +601,35 @@ fn limits_are_enforced_with_cgroups() {
     let capped = wait_for(&c, "capped", "Running", |p| phase(p) == "Running");
     let uid = capped["metadata"]["uid"].as_str().unwrap().to_string();
     let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    // skiff/<cluster>/<pod uid>/<container>-<run>
+    let pod_cg = |ctrl: &str, uid: &str| -> String {
+        let base = if v2 {
+            "/sys/fs/cgroup/skiff".to_string()
+        } else {
+            format!("/sys/fs/cgroup/{ctrl}/skiff")
+        };
+        std::fs::read_dir(&base)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().join(uid))
+            .find(|p| p.exists())
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| format!("{base}/<none>/{uid}"))
+    };
     let (cpu, mem) = if v2 {
-        let d = format!("/sys/fs/cgroup/skiff/{uid}/c-0");
+        let d = format!("{}/c-0", pod_cg("", &uid));
         (
             std::fs::read_to_string(format!("{d}/cpu.max")).unwrap(),
             std::fs::read_to_string(format!("{d}/memory.max")).unwrap(),
         )
     } else {
         (
+            std::fs::read_to_string(format!("{}/c-0/cpu.cfs_quota_us", pod_cg("cpu", &uid)))
+                .unwrap(),
             std::fs::read_to_string(format!(
-                "/sys/fs/cgroup/cpu/skiff/{uid}/c-0/cpu.cfs_quota_us"
-            ))
-            .unwrap(),
-            std::fs::read_to_string(format!(
-                "/sys/fs/cgroup/memory/skiff/{uid}/c-0/memory.limit_in_bytes"
+                "{}/c-0/memory.limit_in_bytes",
+                pod_cg("memory", &uid)
             ))
             .unwrap(),
         )
@@ -622,11 +637,7 @@ fn limits_are_enforced_with_cgroups() {
     assert!(cpu.starts_with("25000"), "cpu quota {cpu}");
     assert_eq!(mem.trim(), (64 * 1024 * 1024).to_string());
     // The container's processes are in it.
-    let procs = if v2 {
-        format!("/sys/fs/cgroup/skiff/{uid}/c-0/cgroup.procs")
-    } else {
-        format!("/sys/fs/cgroup/memory/skiff/{uid}/c-0/cgroup.procs")
-    };
+    let procs = format!("{}/c-0/cgroup.procs", pod_cg("memory", &uid));
     assert!(!std::fs::read_to_string(&procs).unwrap().trim().is_empty());
     // Deleting the pod removes its cgroups.
     assert_eq!(
@@ -653,18 +664,10 @@ fn limits_are_enforced_with_cgroups() {
         assert!(Instant::now() < deadline);
         std::thread::sleep(Duration::from_millis(100));
     }
-    let base = if v2 {
-        format!("/sys/fs/cgroup/skiff/{uid}")
-    } else {
-        format!("/sys/fs/cgroup/memory/skiff/{uid}")
-    };
+    let base = pod_cg("memory", &uid);
     assert!(!std::path::Path::new(&base).exists(), "{base} left behind");
     let hog_uid = hog["metadata"]["uid"].as_str().unwrap();
-    let hog_base = if v2 {
-        format!("/sys/fs/cgroup/skiff/{hog_uid}")
-    } else {
-        format!("/sys/fs/cgroup/memory/skiff/{hog_uid}")
-    };
+    let hog_base = pod_cg("memory", hog_uid);
     assert!(
         !std::path::Path::new(&hog_base).exists(),
         "{hog_base} left behind after the pod finished"

@@ -115,7 +115,7 @@ impl Cgroup {
             Version::V2 => {
                 // Delegate memory and cpu down to the leaf.
                 let mut dir = PathBuf::from(ROOT);
-                for part in [PARENT, pod] {
+                for part in Path::new(PARENT).join(pod).components() {
                     let _ = write(&dir.join("cgroup.subtree_control"), "+memory +cpu");
                     dir.push(part);
                     std::fs::create_dir_all(&dir)?;
@@ -204,39 +204,76 @@ impl Cgroup {
     }
 }
 
-/// Removes the `skiff` parent cgroups if nothing is left in them (node shutdown).
-pub fn remove_parent() {
-    let dirs: Vec<PathBuf> = match detect() {
-        Some(Version::V2) => vec![Path::new(ROOT).join(PARENT)],
+fn bases(rel: &Path) -> Vec<PathBuf> {
+    match detect() {
+        Some(Version::V2) => vec![Path::new(ROOT).join(PARENT).join(rel)],
         Some(Version::V1) => ["memory", "cpu"]
             .iter()
-            .map(|c| Path::new(ROOT).join(c).join(PARENT))
+            .map(|c| Path::new(ROOT).join(c).join(PARENT).join(rel))
             .collect(),
         None => vec![],
-    };
-    for d in dirs {
-        let _ = std::fs::remove_dir(d);
     }
 }
 
-/// Removes whatever is left of a pod's cgroups (after its shim is gone).
+/// Removes an empty cgroup, retrying while its last processes finish exiting.
+fn rmdir_retry(d: &Path) {
+    for _ in 0..150 {
+        if !d.exists() || std::fs::remove_dir(d).is_ok() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Removes whatever is left of a pod's cgroups (`pod` is `<cluster>/<uid>`), once its shim is
+/// gone.
 pub fn remove_pod(pod: &str) {
-    let bases: Vec<PathBuf> = match detect() {
-        Some(Version::V2) => vec![Path::new(ROOT).join(PARENT).join(pod)],
-        Some(Version::V1) => ["memory", "cpu"]
-            .iter()
-            .map(|c| Path::new(ROOT).join(c).join(PARENT).join(pod))
-            .collect(),
-        None => vec![],
-    };
-    for b in bases {
+    for b in bases(Path::new(pod)) {
         for e in std::fs::read_dir(&b).into_iter().flatten().flatten() {
             if e.path().is_dir() {
-                let _ = std::fs::remove_dir(e.path());
+                rmdir_retry(&e.path());
             }
         }
-        let _ = std::fs::remove_dir(&b);
+        rmdir_retry(&b);
     }
+}
+
+/// Removes every empty cgroup this cluster left (node start and shutdown): pods' leaves, pods,
+/// the cluster's directory, and the shared `skiff` parent when nothing else is in it. A cgroup
+/// that still holds processes cannot be removed, so running pods are never touched.
+pub fn sweep(cluster: &str) {
+    for b in bases(Path::new(cluster)) {
+        for pod in std::fs::read_dir(&b)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().is_dir())
+        {
+            for leaf in std::fs::read_dir(pod.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.path().is_dir())
+            {
+                let _ = std::fs::remove_dir(leaf.path());
+            }
+            let _ = std::fs::remove_dir(pod.path());
+        }
+        let _ = std::fs::remove_dir(&b);
+        if let Some(parent) = b.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+}
+
+/// A stable identifier of this cluster (its data directory) for its cgroups' parent.
+pub fn cluster_id(data_dir: &Path) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in data_dir.as_os_str().as_encoded_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("c{:08x}", h as u32)
 }
 
 #[cfg(test)]

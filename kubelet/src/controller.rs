@@ -46,6 +46,8 @@ pub struct Ctx {
     pub alloc_cpu_m: i64,
     pub alloc_mem: i64,
     pub max_pods: i64,
+    /// This cluster's cgroup parent under `skiff/`.
+    pub cgroup_cluster: String,
 }
 
 /// What a pod asks for: (millicores, bytes). Requests default to limits, and init containers
@@ -319,7 +321,7 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         if !ctx.stop(&uid, since > grace + 10) {
             return Ok(Action::requeue(Duration::from_millis(200)));
         }
-        crate::cgroup::remove_pod(&uid);
+        crate::cgroup::remove_pod(&format!("{}/{uid}", ctx.cgroup_cluster));
         let _ = std::fs::remove_dir_all(ctx.pod_dir(&uid));
         patch_finalizers(
             &api,
@@ -397,8 +399,8 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         return Ok(Action::await_change());
     }
     let Some(pod_ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) else {
-        // Waiting for netd to give the pod its network.
-        return Ok(Action::requeue(Duration::from_millis(100)));
+        // netd's status write (the address) is a change this controller sees at once.
+        return Ok(Action::await_change());
     };
     let netns = ctx.netns_dir.join(&uid);
     if !running && !is_mounted(&netns) {
@@ -421,15 +423,22 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             &facts,
         );
         plan.masked = ctx.masked.clone();
+        plan.cgroup_pod = format!("{}/{uid}", ctx.cgroup_cluster);
         std::fs::write(shim::plan_path(&dir), serde_json::to_vec_pretty(&plan)?)?;
         let _ = std::fs::remove_file(shim::state_path(&dir));
         spawn_shim(&dir)?;
-        return Ok(Action::requeue(Duration::from_millis(100)));
+        return Ok(Action::requeue(Duration::from_millis(10)));
     }
     if let Some(st) = state {
         sync_status(&api, &pod, &st, &ctx).await?;
     }
-    Ok(Action::requeue(Duration::from_millis(500)))
+    // Look at the shim's state often while the pod starts, then every half second.
+    let starting = pod.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Running");
+    Ok(Action::requeue(Duration::from_millis(if starting {
+        20
+    } else {
+        500
+    })))
 }
 
 async fn sync_status(

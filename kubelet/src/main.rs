@@ -102,6 +102,8 @@ async fn run(
     if let Err(e) = skiff_kubelet::cgroup::ensure_mounted() {
         tracing::warn!("cgroups are not available, resource limits cannot be enforced: {e}");
     }
+    // Whatever an earlier run of this cluster left empty.
+    skiff_kubelet::cgroup::sweep(&skiff_kubelet::cgroup::cluster_id(&data_dir));
     let client = skiff_core::kubeclient::connect(&paths, Duration::from_secs(60)).await?;
     let nodes: Api<Node> = Api::all(client.clone());
     register(&nodes, &host)
@@ -133,6 +135,7 @@ async fn run(
         alloc_cpu_m: host.cpus as i64 * 1000,
         alloc_mem: host.memory_bytes.saturating_sub(RESERVED_MEMORY) as i64,
         max_pods: max_pods as i64,
+        cgroup_cluster: skiff_kubelet::cgroup::cluster_id(&data_dir),
     });
     // Heartbeats keep the Ready condition fresh.
     {
@@ -189,10 +192,14 @@ async fn run(
         .flatten()
         .flatten()
     {
-        skiff_kubelet::cgroup::remove_pod(&d.file_name().to_string_lossy());
+        skiff_kubelet::cgroup::remove_pod(&format!(
+            "{}/{}",
+            ctx.cgroup_cluster,
+            d.file_name().to_string_lossy()
+        ));
         let _ = std::fs::remove_dir_all(d.path());
     }
-    skiff_kubelet::cgroup::remove_parent();
+    skiff_kubelet::cgroup::sweep(&ctx.cgroup_cluster);
     Ok(())
 }
 

@@ -27,6 +27,9 @@ pub struct PodPlan {
     pub share_process_namespace: bool,
     /// Host paths hidden from the containers (the cluster's data directory).
     pub masked: Vec<String>,
+    /// `<cluster>/<uid>`: where under the `skiff` cgroup this pod's containers go.
+    #[serde(default)]
+    pub cgroup_pod: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -340,6 +343,7 @@ pub fn pod_plan(pod: &Pod, netns: &str, log_dir: &str, f: &Facts) -> PodPlan {
         log_dir: log_dir.to_string(),
         share_process_namespace: spec.share_process_namespace == Some(true),
         masked: Vec::new(),
+        cgroup_pod: String::new(),
     }
 }
 

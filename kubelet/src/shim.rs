@@ -305,7 +305,7 @@ async fn run_once(
     };
     // Limits: a cgroup per container run, joined by the init before it execs.
     let cgroup = match crate::cgroup::Cgroup::create(
-        &plan.uid,
+        &plan.cgroup_pod,
         &format!("{}-{restart}", c.name),
         c.memory_limit,
         c.cpu_limit_millis,
@@ -653,7 +653,7 @@ pub async fn run(dir: &Path) -> Result<()> {
         }
     }
     shared.update(|st| st.stopped = true).await;
-    crate::cgroup::remove_pod(&plan.uid);
+    crate::cgroup::remove_pod(&plan.cgroup_pod);
     let _ = std::fs::remove_file(pid_path(dir));
     Ok(())
 }
