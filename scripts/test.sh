@@ -15,7 +15,8 @@ cargo build --workspace --all-targets
 echo "== tests"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-cargo test --workspace 2>&1 | tee "$log"
+# Each end-to-end test runs a whole cluster: at most three at once on a small machine.
+RUST_TEST_THREADS=${RUST_TEST_THREADS:-3} cargo test --workspace 2>&1 | tee "$log"
 passed=$(grep -o '[0-9]* passed' "$log" | awk '{s+=$1} END {print s+0}')
 failed=$(grep -o '[0-9]* failed' "$log" | awk '{s+=$1} END {print s+0}')
 

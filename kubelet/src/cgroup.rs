@@ -249,13 +249,19 @@ pub fn sweep(cluster: &str) {
             .flatten()
             .filter(|e| e.path().is_dir())
         {
+            // Only empty cgroups go: a pod that still has processes keeps its leaf (busy), so
+            // retrying waits out processes that are exiting, not running ones.
             for leaf in std::fs::read_dir(pod.path())
                 .into_iter()
                 .flatten()
                 .flatten()
                 .filter(|e| e.path().is_dir())
             {
-                let _ = std::fs::remove_dir(leaf.path());
+                let busy = std::fs::read_to_string(leaf.path().join("cgroup.procs"))
+                    .is_ok_and(|p| !p.trim().is_empty());
+                if !busy {
+                    rmdir_retry(&leaf.path());
+                }
             }
             let _ = std::fs::remove_dir(pod.path());
         }

@@ -321,7 +321,9 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         if !ctx.stop(&uid, since > grace + 10) {
             return Ok(Action::requeue(Duration::from_millis(200)));
         }
-        crate::cgroup::remove_pod(&format!("{}/{uid}", ctx.cgroup_cluster));
+        // Removal may wait for the last processes to leave: not on the runtime's threads.
+        let cg = format!("{}/{uid}", ctx.cgroup_cluster);
+        let _ = tokio::task::spawn_blocking(move || crate::cgroup::remove_pod(&cg)).await;
         let _ = std::fs::remove_dir_all(ctx.pod_dir(&uid));
         patch_finalizers(
             &api,
@@ -427,7 +429,7 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         std::fs::write(shim::plan_path(&dir), serde_json::to_vec_pretty(&plan)?)?;
         let _ = std::fs::remove_file(shim::state_path(&dir));
         spawn_shim(&dir)?;
-        return Ok(Action::requeue(Duration::from_millis(10)));
+        return Ok(Action::requeue(Duration::from_millis(50)));
     }
     if let Some(st) = state {
         sync_status(&api, &pod, &st, &ctx).await?;
@@ -435,7 +437,7 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     // Look at the shim's state often while the pod starts, then every half second.
     let starting = pod.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Running");
     Ok(Action::requeue(Duration::from_millis(if starting {
-        20
+        100
     } else {
         500
     })))
