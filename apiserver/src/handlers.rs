@@ -363,6 +363,35 @@ async fn resource(
     }
 }
 
+/// A connection to the kubelet's root-only socket (upgrades allowed, for exec).
+async fn kubelet(
+    app: &App,
+) -> ApiResult<hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>> {
+    let stream = tokio::net::UnixStream::connect(&app.kubelet_socket)
+        .await
+        .map_err(|e| ApiError::internal(format!("the kubelet is not reachable: {e}")))?;
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(ApiError::internal)?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    Ok(sender)
+}
+
+/// The kubelet's refusal (its body is the reason) as a 400 for the client.
+async fn kubelet_error(resp: hyper::Response<hyper::body::Incoming>) -> ApiError {
+    use http_body_util::BodyExt;
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    ApiError::bad_request(String::from_utf8_lossy(&body).into_owned())
+}
+
 /// `GET .../pods/{name}/log`: checks the pod and container, then streams the kubelet's answer.
 async fn pod_log(app: &Arc<App>, ns: &str, name: &str, q: &Q) -> ApiResult<Response> {
     let kind = registry::by_kind("Pod").ok_or_else(|| ApiError::internal("Pod kind missing"))?;
@@ -418,16 +447,7 @@ async fn pod_log(app: &Arc<App>, ns: &str, name: &str, q: &Q) -> ApiResult<Respo
         }
     }
     let path = format!("/containerLogs/{ns}/{name}/{container}?{query}");
-    let stream = tokio::net::UnixStream::connect(&app.kubelet_socket)
-        .await
-        .map_err(|e| ApiError::internal(format!("the kubelet is not reachable: {e}")))?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(ApiError::internal)?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
+    let mut sender = kubelet(app).await?;
     let req = axum::http::Request::builder()
         .uri(path)
         .header(header::HOST, "kubelet")
@@ -435,16 +455,7 @@ async fn pod_log(app: &Arc<App>, ns: &str, name: &str, q: &Q) -> ApiResult<Respo
         .map_err(ApiError::internal)?;
     let resp = sender.send_request(req).await.map_err(ApiError::internal)?;
     if resp.status() != StatusCode::OK {
-        use http_body_util::BodyExt;
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        return Err(ApiError::bad_request(
-            String::from_utf8_lossy(&body).into_owned(),
-        ));
+        return Err(kubelet_error(resp).await);
     }
     let mut r = Response::new(Body::new(resp.into_body()));
     r.headers_mut()
@@ -513,16 +524,7 @@ async fn exec_proxy(app: &Arc<App>, ns: &str, name: &str, mut req: Request) -> A
         req.uri().query().unwrap_or(""),
         str_at(&pod, "metadata.uid")
     );
-    let stream = tokio::net::UnixStream::connect(&app.kubelet_socket)
-        .await
-        .map_err(|e| ApiError::internal(format!("the kubelet is not reachable: {e}")))?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(ApiError::internal)?;
-    tokio::spawn(async move {
-        let _ = conn.with_upgrades().await;
-    });
+    let mut sender = kubelet(app).await?;
     let mut up = axum::http::Request::builder()
         .method("GET")
         .uri(path)
@@ -546,16 +548,7 @@ async fn exec_proxy(app: &Arc<App>, ns: &str, name: &str, mut req: Request) -> A
         .await
         .map_err(ApiError::internal)?;
     if kresp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        use http_body_util::BodyExt;
-        let body = kresp
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        return Err(ApiError::bad_request(
-            String::from_utf8_lossy(&body).into_owned(),
-        ));
+        return Err(kubelet_error(kresp).await);
     }
     let client_upgrade = hyper::upgrade::on(&mut req);
     let kubelet_upgrade = hyper::upgrade::on(&mut kresp);
