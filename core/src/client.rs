@@ -229,45 +229,14 @@ impl ApiClient {
         }
     }
 
-    async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<Incoming>, ClientError> {
-        match &self.transport {
-            Transport::Unix(p) => {
-                let s = tokio::net::UnixStream::connect(p).await.map_err(|source| {
-                    ClientError::Connect {
-                        target: p.display().to_string(),
-                        source,
-                    }
-                })?;
-                send_on(s, req).await
-            }
-            Transport::Https {
-                host,
-                port,
-                tls,
-                token,
-            } => {
-                let target = format!("{host}:{port}");
-                let tcp = tokio::net::TcpStream::connect((host.as_str(), *port))
-                    .await
-                    .map_err(|source| ClientError::Connect {
-                        target: target.clone(),
-                        source,
-                    })?;
-                let name = rustls::pki_types::ServerName::try_from(host.clone())
-                    .map_err(|e| ClientError::Tls(e.to_string()))?;
-                let s = tokio_rustls::TlsConnector::from(tls.clone())
-                    .connect(name, tcp)
-                    .await
-                    .map_err(|source| ClientError::Connect { target, source })?;
-                let mut req = req;
-                if let Some(t) = token {
-                    if let Ok(v) = format!("Bearer {t}").parse() {
-                        req.headers_mut().insert(hyper::header::AUTHORIZATION, v);
-                    }
-                }
-                send_on(s, req).await
+    async fn send(&self, mut req: Request<Full<Bytes>>) -> Result<Response<Incoming>, ClientError> {
+        let (io, token) = self.connect_raw().await?;
+        if let Some(t) = token {
+            if let Ok(v) = format!("Bearer {t}").parse() {
+                req.headers_mut().insert(hyper::header::AUTHORIZATION, v);
             }
         }
+        send_on(io, req).await
     }
 
     fn build(

@@ -53,6 +53,18 @@ pub struct PodState {
     pub stopped: bool,
 }
 
+impl PodState {
+    /// The state of a container (init or app) by name.
+    pub fn container_mut(&mut self, init: bool, name: &str) -> Option<&mut ContainerState> {
+        let list = if init {
+            &mut self.init_containers
+        } else {
+            &mut self.containers
+        };
+        list.iter_mut().find(|x| x.name == name)
+    }
+}
+
 pub fn plan_path(dir: &Path) -> PathBuf {
     dir.join("plan.json")
 }
@@ -369,12 +381,7 @@ async fn run_once(
     let started = now();
     shared
         .update(|st| {
-            let list = if init {
-                &mut st.init_containers
-            } else {
-                &mut st.containers
-            };
-            if let Some(cs) = list.iter_mut().find(|x| x.name == name) {
+            if let Some(cs) = st.container_mut(init, &name) {
                 let last = if cs.state == "terminated" {
                     Some(Box::new(cs.clone()))
                 } else {
@@ -468,12 +475,7 @@ async fn run_once(
     let name = c.name.clone();
     shared
         .update(|st| {
-            let list = if init {
-                &mut st.init_containers
-            } else {
-                &mut st.containers
-            };
-            if let Some(cs) = list.iter_mut().find(|x| x.name == name) {
+            if let Some(cs) = st.container_mut(init, &name) {
                 cs.state = "terminated".into();
                 cs.exit_code = code;
                 cs.reason = if oom {
@@ -526,12 +528,7 @@ async fn supervise(
                 let (name, msg) = (c.name.clone(), format!("{e:#}"));
                 shared
                     .update(|st| {
-                        let list = if init {
-                            &mut st.init_containers
-                        } else {
-                            &mut st.containers
-                        };
-                        if let Some(cs) = list.iter_mut().find(|x| x.name == name) {
+                        if let Some(cs) = st.container_mut(init, &name) {
                             *cs = ContainerState {
                                 reason: "RunContainerError".into(),
                                 message: msg,
@@ -563,12 +560,7 @@ async fn supervise(
         let name = c.name.clone();
         shared
             .update(|st| {
-                let list = if init {
-                    &mut st.init_containers
-                } else {
-                    &mut st.containers
-                };
-                if let Some(cs) = list.iter_mut().find(|x| x.name == name) {
+                if let Some(cs) = st.container_mut(init, &name) {
                     let last = Some(Box::new(cs.clone()));
                     *cs = ContainerState {
                         message: format!(
