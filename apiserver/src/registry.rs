@@ -855,6 +855,199 @@ fn validate_data_keys(o: &Value, out: &mut Vec<Cause>) {
     }
 }
 
+/// A structured label selector (`matchLabels`, `matchExpressions`), as apimachinery's
+/// `ValidateLabelSelector` checks it.
+fn validate_label_selector(sel: &Value, f: &str, out: &mut Vec<Cause>) {
+    if let Some(m) = sel.get("matchLabels").and_then(Value::as_object) {
+        let labels = m
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+            .collect();
+        out.extend(validation::validate_labels(
+            Some(&labels),
+            &format!("{f}.matchLabels"),
+        ));
+    }
+    for (i, e) in arr(sel, "matchExpressions").iter().enumerate() {
+        let ef = format!("{f}.matchExpressions[{i}]");
+        let key = str_at(e, "key");
+        if let Err(msg) = validation::is_qualified_name(key) {
+            out.push(Cause::invalid(format!("{ef}.key"), key, &msg));
+        }
+        let values = arr(e, "values");
+        match str_at(e, "operator") {
+            "In" | "NotIn" => {
+                if values.is_empty() {
+                    out.push(Cause::required(
+                        format!("{ef}.values"),
+                        "must be specified when `operator` is 'In' or 'NotIn'",
+                    ));
+                }
+            }
+            "Exists" | "DoesNotExist" => {
+                if !values.is_empty() {
+                    out.push(Cause::forbidden(
+                        format!("{ef}.values"),
+                        "may not be specified when `operator` is 'Exists' or 'DoesNotExist'",
+                    ));
+                }
+            }
+            op => out.push(Cause::not_supported(
+                format!("{ef}.operator"),
+                op,
+                &["DoesNotExist", "Exists", "In", "NotIn"],
+            )),
+        }
+        for (j, v) in values.iter().enumerate() {
+            let v = v.as_str().unwrap_or("");
+            if let Err(msg) = validation::is_valid_label_value(v) {
+                out.push(Cause::invalid(format!("{ef}.values[{j}]"), v, &msg));
+            }
+        }
+    }
+}
+
+/// A CIDR as (address bits, prefix length, address width): IPv4 or IPv6.
+fn parse_cidr(s: &str) -> Option<(u128, u32, u32)> {
+    let (a, p) = s.split_once('/')?;
+    let ip: std::net::IpAddr = a.parse().ok()?;
+    let prefix: u32 = p.parse().ok()?;
+    let (bits, width) = match ip {
+        std::net::IpAddr::V4(v4) => (u128::from(u32::from(v4)), 32),
+        std::net::IpAddr::V6(v6) => (u128::from(v6), 128),
+    };
+    (prefix <= width && !p.starts_with('+')).then_some((bits, prefix, width))
+}
+
+const CIDR_MSG: &str = "must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)";
+
+fn validate_network_policy_port(p: &Value, f: &str, out: &mut Vec<Cause>) {
+    check_protocol(format!("{f}.protocol"), p.get("protocol"), out);
+    let end = p.get("endPort").and_then(Value::as_i64);
+    match p.get("port") {
+        Some(Value::Number(n)) => {
+            check_port(format!("{f}.port"), Some(&Value::Number(n.clone())), out);
+            if let Some(e) = end {
+                if Some(e) < n.as_i64() {
+                    out.push(Cause::invalid(
+                        format!("{f}.endPort"),
+                        &n.to_string(),
+                        "must be greater than or equal to `port`",
+                    ));
+                }
+                check_port(format!("{f}.endPort"), p.get("endPort"), out);
+            }
+        }
+        Some(Value::String(name)) => {
+            if let Some(e) = end {
+                out.push(Cause::invalid(
+                    format!("{f}.endPort"),
+                    &e.to_string(),
+                    "may not be specified when `port` is non-numeric",
+                ));
+            }
+            if let Err(msg) = is_port_name(name) {
+                out.push(Cause::invalid(format!("{f}.port"), name, &msg));
+            }
+        }
+        _ => {
+            if let Some(e) = end {
+                out.push(Cause::invalid(
+                    format!("{f}.endPort"),
+                    &e.to_string(),
+                    "may not be specified when `port` is not specified",
+                ));
+            }
+        }
+    }
+}
+
+fn validate_network_policy_peer(peer: &Value, f: &str, out: &mut Vec<Cause>) {
+    let mut n = 0;
+    for key in ["podSelector", "namespaceSelector"] {
+        if let Some(sel) = peer.get(key).filter(|v| !v.is_null()) {
+            n += 1;
+            validate_label_selector(sel, &format!("{f}.{key}"), out);
+        }
+    }
+    if let Some(b) = peer.get("ipBlock").filter(|v| !v.is_null()) {
+        n += 1;
+        let bf = format!("{f}.ipBlock");
+        let cidr = str_at(b, "cidr");
+        if cidr.is_empty() {
+            out.push(Cause::required(format!("{bf}.cidr"), ""));
+        } else if let Some((bits, prefix, width)) = parse_cidr(cidr) {
+            let mask = |p: u32| {
+                if p == 0 {
+                    0
+                } else {
+                    (u128::MAX >> (128 - width)) & !((1u128 << (width - p)) - 1)
+                }
+            };
+            for (i, e) in arr(b, "except").iter().enumerate() {
+                let es = e.as_str().unwrap_or("");
+                let ef = format!("{bf}.except[{i}]");
+                match parse_cidr(es) {
+                    None => out.push(Cause::invalid(ef, es, CIDR_MSG)),
+                    Some((ebits, eprefix, ewidth)) => {
+                        let inside =
+                            ewidth == width && (ebits & mask(prefix)) == (bits & mask(prefix));
+                        if !inside || eprefix <= prefix {
+                            out.push(Cause::invalid(ef, es, "must be a strict subset of `cidr`"));
+                        }
+                    }
+                }
+            }
+        } else {
+            out.push(Cause::invalid(format!("{bf}.cidr"), cidr, CIDR_MSG));
+        }
+    }
+    if n == 0 {
+        out.push(Cause::required(f, "must specify a peer"));
+    } else if n > 1 && peer.get("ipBlock").is_some_and(|v| !v.is_null()) {
+        out.push(Cause::forbidden(
+            f,
+            "may not specify both ipBlock and another peer",
+        ));
+    }
+}
+
+/// networking.k8s.io/v1 NetworkPolicy spec, as `ValidateNetworkPolicySpec` checks it.
+fn validate_network_policy(spec: &Value, out: &mut Vec<Cause>) {
+    if let Some(sel) = spec.get("podSelector") {
+        validate_label_selector(sel, "spec.podSelector", out);
+    }
+    for (dir, peers) in [("ingress", "from"), ("egress", "to")] {
+        for (i, r) in arr(spec, dir).iter().enumerate() {
+            let rf = format!("spec.{dir}[{i}]");
+            for (j, p) in arr(r, "ports").iter().enumerate() {
+                validate_network_policy_port(p, &format!("{rf}.ports[{j}]"), out);
+            }
+            for (j, p) in arr(r, peers).iter().enumerate() {
+                validate_network_policy_peer(p, &format!("{rf}.{peers}[{j}]"), out);
+            }
+        }
+    }
+    let types = arr(spec, "policyTypes");
+    for (i, t) in types.iter().enumerate() {
+        let t = t.as_str().unwrap_or("");
+        if t != "Ingress" && t != "Egress" {
+            out.push(Cause::not_supported(
+                format!("spec.policyTypes[{i}]"),
+                t,
+                &["Egress", "Ingress"],
+            ));
+        }
+    }
+    if types.len() > 2 {
+        out.push(Cause::invalid(
+            "spec.policyTypes",
+            "",
+            "may not specify more than two policyTypes",
+        ));
+    }
+}
+
 /// Kind-specific validation of a canonical object (after defaulting). `old` on update.
 pub fn validate(kind: &str, o: &Value, old: Option<&Value>) -> Vec<Cause> {
     let mut out = Vec::new();
@@ -950,6 +1143,7 @@ pub fn validate(kind: &str, o: &Value, old: Option<&Value>) -> Vec<Cause> {
                 }
             }
         }
+        "NetworkPolicy" => validate_network_policy(&o["spec"], &mut out),
         "IPAddress" => {
             let name = str_at(o, "metadata.name");
             if name.parse::<std::net::IpAddr>().map(|ip| ip.to_string()) != Ok(name.to_string()) {
@@ -1083,5 +1277,86 @@ mod tests {
         assert_eq!(c[0].field, "data[bad/key]");
         assert!(is_port_name("http").is_ok());
         assert!(is_port_name("80").is_err());
+    }
+
+    fn np_causes(spec: Value) -> Vec<(String, String)> {
+        let mut o = json!({"metadata": {"name": "p", "namespace": "x"}, "spec": spec});
+        apply_defaults("NetworkPolicy", &mut o);
+        validate("NetworkPolicy", &o, None)
+            .into_iter()
+            .map(|c| (c.field, c.reason.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn network_policy_validation() {
+        // Valid: every feature at once.
+        let ok = np_causes(json!({
+            "podSelector": {"matchExpressions": [{"key": "pod", "operator": "In", "values": ["a"]}]},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{"from": [
+                {"podSelector": {}, "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "y"}}},
+                {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}},
+                {"ipBlock": {"cidr": "fd00::/64", "except": ["fd00::/80"]}}
+            ], "ports": [{"port": 80, "endPort": 90}, {"port": "serve-80-tcp", "protocol": "UDP"}, {"protocol": "SCTP"}]}],
+            "egress": [{"to": [{"namespaceSelector": {"matchExpressions": [{"key": "team", "operator": "Exists"}]}}]}]
+        }));
+        assert!(ok.is_empty(), "{ok:?}");
+        let bad = np_causes(json!({
+            "podSelector": {"matchExpressions": [{"key": "pod", "operator": "In"}, {"key": "x", "operator": "Exists", "values": ["v"]}, {"key": "y", "operator": "Near", "values": ["v"]}]},
+            "policyTypes": ["Ingress", "Sideways"],
+            "ingress": [{"from": [
+                {},
+                {"ipBlock": {"cidr": "10.0.0.0/33"}},
+                {"ipBlock": {"cidr": "10.0.0.0/16", "except": ["10.1.0.0/24", "10.0.0.0/16", "nonsense"]}},
+                {"ipBlock": {"cidr": "10.0.0.0/16"}, "podSelector": {}}
+            ], "ports": [
+                {"port": 0}, {"port": 90, "endPort": 80}, {"port": "serve", "endPort": 81},
+                {"endPort": 81}, {"port": 80, "protocol": "ICMP"}, {"port": "Bad_Name"}
+            ]}]
+        }));
+        let has = |f: &str, r: &str| bad.iter().any(|(bf, br)| bf == f && br == r);
+        for (f, r) in [
+            (
+                "spec.podSelector.matchExpressions[0].values",
+                "FieldValueRequired",
+            ),
+            (
+                "spec.podSelector.matchExpressions[1].values",
+                "FieldValueForbidden",
+            ),
+            (
+                "spec.podSelector.matchExpressions[2].operator",
+                "FieldValueNotSupported",
+            ),
+            ("spec.policyTypes[1]", "FieldValueNotSupported"),
+            ("spec.ingress[0].from[0]", "FieldValueRequired"),
+            ("spec.ingress[0].from[1].ipBlock.cidr", "FieldValueInvalid"),
+            (
+                "spec.ingress[0].from[2].ipBlock.except[0]",
+                "FieldValueInvalid",
+            ),
+            (
+                "spec.ingress[0].from[2].ipBlock.except[1]",
+                "FieldValueInvalid",
+            ),
+            (
+                "spec.ingress[0].from[2].ipBlock.except[2]",
+                "FieldValueInvalid",
+            ),
+            ("spec.ingress[0].from[3]", "FieldValueForbidden"),
+            ("spec.ingress[0].ports[0].port", "FieldValueInvalid"),
+            ("spec.ingress[0].ports[1].endPort", "FieldValueInvalid"),
+            ("spec.ingress[0].ports[2].endPort", "FieldValueInvalid"),
+            ("spec.ingress[0].ports[3].endPort", "FieldValueInvalid"),
+            (
+                "spec.ingress[0].ports[4].protocol",
+                "FieldValueNotSupported",
+            ),
+            ("spec.ingress[0].ports[5].port", "FieldValueInvalid"),
+        ] {
+            assert!(has(f, r), "missing {f} {r} in {bad:?}");
+        }
+        assert_eq!(bad.len(), 16, "{bad:?}");
     }
 }

@@ -3,21 +3,24 @@
 //! reverse, then the `skiff.io/netd` finalizer is released. Level-based and restart-safe:
 //! `attach` is idempotent, and `gc` removes whatever no Pod explains.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::Store;
 use serde_json::json;
 use thiserror::Error;
 
 use crate::ipam::{Ipam, IpamError};
 use crate::link::{LinkError, PodLinks};
 use crate::netns;
+use crate::policyctl::Trigger;
 
 pub const FINALIZER: &str = "skiff.io/netd";
 /// The kubelet's finalizer: while present, the pod's processes may still be running.
@@ -46,6 +49,11 @@ pub struct Ctx<L: PodLinks> {
     pub ipam: Mutex<Ipam>,
     pub bridge: String,
     pub netns_dir: PathBuf,
+    /// Requests NetworkPolicy syncs (a pod's address, labels or ports changed).
+    pub policy: Arc<Trigger>,
+    pub policies: Store<NetworkPolicy>,
+    /// Per pod UID, what policy last saw of it (labels, ports, address).
+    pub seen: Mutex<HashMap<String, String>>,
 }
 
 pub fn host_if(uid: &str) -> String {
@@ -71,6 +79,16 @@ impl<L: PodLinks> Ctx<L> {
 
     fn ipam(&self) -> std::sync::MutexGuard<'_, Ipam> {
         self.ipam.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Requests a policy sync if what policy sees of the pod changed; returns the generation.
+    fn policy_changed(&self, uid: &str, fingerprint: Option<String>) -> Option<u64> {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let changed = match fingerprint {
+            Some(f) => seen.insert(uid.to_string(), f.clone()).as_ref() != Some(&f),
+            None => seen.remove(uid).is_some(),
+        };
+        changed.then(|| self.policy.request())
     }
 
     /// Sets up (idempotently) the network of the pod with this UID; returns its address.
@@ -169,6 +187,7 @@ pub async fn reconcile<L: PodLinks>(pod: Arc<Pod>, ctx: Arc<Ctx<L>>) -> Result<A
         }
         if has_finalizer(&pod) {
             ctx.teardown(&uid).await?;
+            ctx.policy_changed(&uid, None);
             let rest: Vec<&String> = pod
                 .metadata
                 .finalizers
@@ -206,7 +225,24 @@ pub async fn reconcile<L: PodLinks>(pod: Arc<Pod>, ctx: Arc<Ctx<L>>) -> Result<A
     }
     let ip = ctx.ensure(&uid).await?;
     let current = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
+    let fingerprint = format!(
+        "{ip} {:?} {:?}",
+        pod.metadata.labels,
+        pod.spec
+            .as_ref()
+            .map(|s| s.containers.iter().map(|c| &c.ports).collect::<Vec<_>>())
+    );
+    let generation = ctx.policy_changed(&uid, Some(fingerprint));
     if current.as_deref() != Some(&ip.to_string()) {
+        // The pod's processes start once its address is reported: policies that concern it
+        // must be in force by then.
+        if let Some(g) = generation {
+            if (!ctx.policies.is_empty() || !ctx.policy.first_done())
+                && !ctx.policy.wait(g, Duration::from_secs(5)).await
+            {
+                tracing::warn!("{ns}/{name}: network policy sync is late; starting anyway");
+            }
+        }
         let patch =
             json!({"status": {"podIP": ip.to_string(), "podIPs": [{"ip": ip.to_string()}]}});
         match api

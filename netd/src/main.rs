@@ -16,7 +16,8 @@ use skiff_netd::controller::{error_policy, reconcile, Ctx};
 use skiff_netd::ipam::Ipam;
 use skiff_netd::link::{Kernel, PodLinks};
 use skiff_netd::nft::{Nft, NftCommand};
-use skiff_netd::rules::{base_ruleset, delete_table, BaseConfig};
+use skiff_netd::policyctl::{self, Caches, Trigger};
+use skiff_netd::rules::{base_commands, base_ruleset, delete_table, BaseConfig, TABLE};
 
 #[derive(Parser)]
 #[command(name = "skiff-netd", about = "skiff pod networking")]
@@ -75,17 +76,27 @@ async fn main() -> Result<()> {
         bridge: args.bridge.clone(),
         masquerade: args.masquerade,
     };
-    NftCommand
-        .apply(&base_ruleset(&base))
-        .context("installing the nftables rules")?;
+    // A fresh start installs the base table now (the safety rule before any pod network).
+    // After a crash the old table stays in force until the first policy sync replaces it,
+    // base and policies together, in one transaction.
+    let nft = Arc::new(NftCommand);
+    if !nft.table_exists(TABLE) {
+        nft.apply(&base_ruleset(&base))
+            .context("installing the nftables rules")?;
+    }
 
     let client = skiff_core::kubeclient::connect(&paths, Duration::from_secs(60)).await?;
+    let trigger = Arc::new(Trigger::default());
+    let (namespaces, policies) = policyctl::watch_objects(client.clone(), trigger.clone());
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         links: Kernel,
         ipam: Mutex::new(ipam),
         bridge: args.bridge.clone(),
         netns_dir,
+        policy: trigger.clone(),
+        policies: policies.clone(),
+        seen: Mutex::new(Default::default()),
     });
 
     // Restart safety: drop whatever no existing pod explains before reconciling.
@@ -119,11 +130,30 @@ async fn main() -> Result<()> {
             _ = term.recv() => {}
         }
     };
-    Controller::new(Api::<Pod>::all(client), watcher::Config::default())
+    // The controller's pod cache is the one the policy sync reads: a pod being reconciled is
+    // always in it.
+    let controller = Controller::new(Api::<Pod>::all(client), watcher::Config::default());
+    let caches = Caches {
+        pods: controller.store(),
+        namespaces,
+        policies,
+    };
+    let ctx2 = ctx.clone();
+    let ip_of =
+        Arc::new(move |uid: &str| ctx2.ipam.lock().unwrap_or_else(|e| e.into_inner()).get(uid));
+    let sync = tokio::spawn(policyctl::run(
+        caches,
+        trigger,
+        nft.clone(),
+        ip_of,
+        base_commands(&base),
+    ));
+    controller
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|_| async {})
         .await;
+    sync.abort();
 
     // Orderly stop: remove the kernel state; the objects stay for the next start.
     tracing::info!("netd stopping: removing pod networks, bridge and rules");
@@ -134,7 +164,7 @@ async fn main() -> Result<()> {
     if let Err(e) = ctx.links.delete_link(&args.bridge).await {
         tracing::warn!("removing the bridge: {e}");
     }
-    if let Err(e) = NftCommand.apply(&delete_table()) {
+    if let Err(e) = nft.apply(&delete_table()) {
         tracing::warn!("removing the nftables table: {e}");
     }
     Ok(())

@@ -17,6 +17,8 @@ pub enum NftError {
 /// Where rulesets go. One real implementation ([`NftCommand`]).
 pub trait Nft {
     fn apply(&self, batch: &Value) -> Result<(), NftError>;
+    /// Whether `inet <table>` exists.
+    fn table_exists(&self, table: &str) -> bool;
 }
 
 pub struct NftCommand;
@@ -39,5 +41,14 @@ impl Nft for NftCommand {
             ));
         }
         Ok(())
+    }
+
+    fn table_exists(&self, table: &str) -> bool {
+        Command::new("nft")
+            .args(["list", "table", "inet", table])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
     }
 }

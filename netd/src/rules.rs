@@ -30,6 +30,11 @@ fn rule(chain: &str, expr: Value, comment: &str) -> Value {
 
 /// The whole base table as one batch: create-or-replace, atomically.
 pub fn base_ruleset(cfg: &BaseConfig) -> Value {
+    json!({"nftables": base_commands(cfg)})
+}
+
+/// The commands of [`base_ruleset`], to prepend to a larger transaction.
+pub fn base_commands(cfg: &BaseConfig) -> Vec<Value> {
     let pod = prefix(&cfg.pod_cidr);
     let svc = prefix(&cfg.service_cidr);
     let mut cmds = vec![
@@ -54,6 +59,7 @@ pub fn base_ruleset(cfg: &BaseConfig) -> Value {
             "pod traffic never leaves the host",
         ),
     ];
+    cmds.extend(crate::policy_nft::skeleton());
     if cfg.masquerade {
         cmds.push(json!({"add": {"chain": {"family": "inet", "table": TABLE, "name": "postrouting", "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"}}}));
         cmds.push(rule(
@@ -68,7 +74,7 @@ pub fn base_ruleset(cfg: &BaseConfig) -> Value {
         // The safety drop stays first in forward; with masquerade on, forwarding out is allowed.
         cmds.retain(|c| c["add"]["rule"]["comment"] != "pod traffic never leaves the host");
     }
-    json!({"nftables": cmds})
+    cmds
 }
 
 /// Removes skiff's table (shutdown and `skiff down --purge`).
