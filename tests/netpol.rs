@@ -908,6 +908,39 @@ for line in sys.stdin:
     drop(stdin);
     let _ = child.wait();
 
+    // kill -9 of netd: the rules stay in force, and the restarted netd replaces the table,
+    // dropping whatever an earlier run left that no policy explains.
+    n.create("x", "deny-ingress", json!({"podSelector": {}}));
+    n.expect("before netd restart", "TCP", 80, |_, t| ns_of(t) != "x");
+    let out =
+        n.c.netns_cmd("nft")
+            .args(["add", "chain", "inet", "skiff", "stale-chain"])
+            .output()
+            .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    n.c.kill9("netd");
+    n.expect("after netd kill -9", "TCP", 80, |_, t| ns_of(t) != "x");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let table =
+            n.c.netns_cmd("nft")
+                .args(["list", "table", "inet", "skiff"])
+                .output()
+                .unwrap();
+        let text = String::from_utf8_lossy(&table.stdout).to_string();
+        if !text.contains("stale-chain") {
+            assert!(text.contains("ingress-pods"), "{text}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stale state survived a restart:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    n.clear();
+    n.expect("after clearing", "TCP", 80, all);
+
     // Bad policies are refused with field causes and change nothing.
     let bad = json!({
         "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",

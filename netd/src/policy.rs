@@ -327,20 +327,41 @@ struct Builder<'c, 'a> {
 }
 
 impl Builder<'_, '_> {
-    fn add_set(&mut self, name: String, kind: SetKind, elems: BTreeSet<Elem>) -> String {
-        self.out.sets.insert(name.clone(), Set { kind, elems });
+    /// A set named after its content, so identical sets are shared between rules and
+    /// policies (fewer kernel objects, smaller transactions).
+    fn content_set(&mut self, prefix: &str, kind: SetKind, elems: BTreeSet<Elem>) -> String {
+        let name = format!("{prefix}-{}", fnv(&format!("{elems:?}")));
+        self.out
+            .sets
+            .entry(name.clone())
+            .or_insert(Set { kind, elems });
+        name
+    }
+
+    /// A set named after what defines its content (selectors, port names), computed once per
+    /// sync however many rules use it.
+    fn keyed_set(
+        &mut self,
+        prefix: &str,
+        key: &str,
+        kind: SetKind,
+        elems: impl FnOnce(&Cluster<'_>) -> BTreeSet<Elem>,
+    ) -> String {
+        let name = format!("{prefix}-{}", fnv(key));
+        if !self.out.sets.contains_key(&name) {
+            let elems = elems(self.cluster);
+            self.out.sets.insert(name.clone(), Set { kind, elems });
+        }
         name
     }
 
     /// The nft rules of one policy rule (`from`/`to` peers × `ports`).
     fn rule(
         &mut self,
-        base: &str,
         policy_ns: &str,
         dir: Dir,
         peers: Option<&[NetworkPolicyPeer]>,
         ports: Option<&[NetworkPolicyPort]>,
-        dest_pods: &[&PodInfo],
     ) -> Vec<Rule> {
         let peers = peers.unwrap_or(&[]);
         let ports = ports.unwrap_or(&[]);
@@ -356,11 +377,19 @@ impl Builder<'_, '_> {
             let has_pod_peers = peers.iter().any(|p| p.ip_block.is_none());
             let blocks: Vec<_> = peers.iter().filter_map(|p| p.ip_block.as_ref()).collect();
             if has_pod_peers {
-                let mut elems = BTreeSet::new();
-                for p in peers.iter().filter(|p| p.ip_block.is_none()) {
-                    self.cluster.peer_pods(policy_ns, p, &mut elems);
-                }
-                let s = self.add_set(format!("{base}-pods"), SetKind::Addrs, elems);
+                let pod_peers: Vec<&NetworkPolicyPeer> =
+                    peers.iter().filter(|p| p.ip_block.is_none()).collect();
+                let key = format!(
+                    "{policy_ns}|{}",
+                    serde_json::to_string(&pod_peers).unwrap_or_default()
+                );
+                let s = self.keyed_set("peers", &key, SetKind::Addrs, |c| {
+                    let mut elems = BTreeSet::new();
+                    for p in &pod_peers {
+                        c.peer_pods(policy_ns, p, &mut elems);
+                    }
+                    elems
+                });
                 peer_matches.push(Some(peer_match(s)));
             }
             if !blocks.is_empty() {
@@ -372,7 +401,7 @@ impl Builder<'_, '_> {
                     .into_iter()
                     .map(|(a, b)| Elem::Range(Ipv4Addr::from(a), Ipv4Addr::from(b)))
                     .collect();
-                let s = self.add_set(format!("{base}-cidr"), SetKind::Ranges, elems);
+                let s = self.content_set("cidr", SetKind::Ranges, elems);
                 peer_matches.push(Some(peer_match(s)));
             }
         }
@@ -402,23 +431,26 @@ impl Builder<'_, '_> {
                 }
             }
             if !numeric.is_empty() {
-                let s = self.add_set(
-                    format!("{base}-ports"),
-                    SetKind::Ports,
-                    merge_ports(numeric),
-                );
+                let s = self.content_set("ports", SetKind::Ports, merge_ports(numeric));
                 port_matches.push(Some(Match::PortIn(s)));
             }
             if !named.is_empty() {
-                let mut elems = BTreeSet::new();
-                for pod in dest_pods {
-                    for np in &pod.ports {
-                        if named.iter().any(|(n, pr)| *n == np.name && *pr == np.proto) {
-                            elems.insert(Elem::Named(pod.ip, np.proto, np.port));
+                // Resolved on every pod that has such a port: the destination is checked by
+                // the same match (`daddr . proto . port`), and for ingress the chain is only
+                // reached for pods the policy selects.
+                named.sort();
+                named.dedup();
+                let s = self.keyed_set("named", &format!("{named:?}"), SetKind::Named, |c| {
+                    let mut elems = BTreeSet::new();
+                    for pod in c.pods {
+                        for np in &pod.ports {
+                            if named.iter().any(|(n, pr)| *n == np.name && *pr == np.proto) {
+                                elems.insert(Elem::Named(pod.ip, np.proto, np.port));
+                            }
                         }
                     }
-                }
-                let s = self.add_set(format!("{base}-named"), SetKind::Named, elems);
+                    elems
+                });
                 port_matches.push(Some(Match::NamedIn(s)));
             }
             if port_matches.is_empty() {
@@ -469,15 +501,8 @@ pub fn compute(policies: &[NetworkPolicy], cluster: &Cluster<'_>) -> Desired {
         if ingress {
             let chain = format!("{id}-in");
             let mut rules = Vec::new();
-            for (j, r) in spec.ingress.iter().flatten().enumerate() {
-                rules.extend(b.rule(
-                    &format!("{id}-i{j}"),
-                    ns,
-                    Dir::Ingress,
-                    r.from.as_deref(),
-                    r.ports.as_deref(),
-                    &selected,
-                ));
+            for r in spec.ingress.iter().flatten() {
+                rules.extend(b.rule(ns, Dir::Ingress, r.from.as_deref(), r.ports.as_deref()));
             }
             b.out.chains.insert(chain.clone(), rules);
             for p in &selected {
@@ -487,16 +512,8 @@ pub fn compute(policies: &[NetworkPolicy], cluster: &Cluster<'_>) -> Desired {
         if egress {
             let chain = format!("{id}-eg");
             let mut rules = Vec::new();
-            let all: Vec<&PodInfo> = cluster.pods.iter().collect();
-            for (j, r) in spec.egress.iter().flatten().enumerate() {
-                rules.extend(b.rule(
-                    &format!("{id}-e{j}"),
-                    ns,
-                    Dir::Egress,
-                    r.to.as_deref(),
-                    r.ports.as_deref(),
-                    &all,
-                ));
+            for r in spec.egress.iter().flatten() {
+                rules.extend(b.rule(ns, Dir::Egress, r.to.as_deref(), r.ports.as_deref()));
             }
             b.out.chains.insert(chain.clone(), rules);
             for p in &selected {
@@ -1074,7 +1091,7 @@ mod tests {
         assert!(cmds[0]["add"]["element"]["name"]
             .as_str()
             .unwrap()
-            .ends_with("-pods"));
+            .starts_with("peers-"));
         // A pod newly selected by the policy: a map element, no chain.
         for p in pods
             .iter_mut()
