@@ -69,7 +69,10 @@ impl Bench {
         let up = std::fs::read_to_string(self.data.join("run/up.pid")).unwrap();
         let mut c = Command::new("nsenter");
         c.args(["-t", up.trim(), "-m", "--", "nsenter"])
-            .arg(format!("--net={}", self.data.join("run/netns").join(uid).display()))
+            .arg(format!(
+                "--net={}",
+                self.data.join("run/netns").join(uid).display()
+            ))
             .args(["--", program]);
         c
     }
@@ -123,7 +126,10 @@ fn measure(b: &Bench, client: &str, server_ip: &str) -> (f64, f64) {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
         panic!("iperf3: {}", String::from_utf8_lossy(&out.stderr));
     });
-    let gbps = v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap() / 1e9;
+    let gbps = v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap()
+        / 1e9;
     let out = b
         .in_pod(client, "python3")
         .args(["-c", CONN_RATE, server_ip, "3"])
@@ -150,7 +156,10 @@ fn main() {
     let dir = std::env::temp_dir().join(&ns);
     let data = dir.join("data");
     std::fs::create_dir_all(&dir).unwrap();
-    Command::new("ip").args(["netns", "add", &ns]).status().unwrap();
+    Command::new("ip")
+        .args(["netns", "add", &ns])
+        .status()
+        .unwrap();
     Command::new("ip")
         .args(["-n", &ns, "link", "set", "lo", "up"])
         .status()
@@ -171,10 +180,16 @@ fn main() {
         .unwrap_or_default()
         .contains("ready")
     {
-        assert!(t0.elapsed() < Duration::from_secs(60), "cluster did not start");
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "cluster did not start"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let b = Bench { exe, data: data.clone() };
+    let b = Bench {
+        exe,
+        data: data.clone(),
+    };
     let _ = &b.exe;
     b.create("/api/v1/namespaces", json!({"metadata": {"name": "bench"}}));
     b.create(
@@ -264,7 +279,10 @@ fn main() {
             if !o.success() {
                 break;
             }
-            assert!(t.elapsed() < Duration::from_secs(10), "label removal never took effect");
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "label removal never took effect"
+            );
         }
         // The prober starts first and times from then: the figure includes the PATCH
         // round trip, the watch, the sync and the first connection that gets through.
