@@ -563,6 +563,44 @@ fn network_policy_reachability_matrices() {
     );
     n.expect("namespace label removed", "TCP", 80, |_, t| t != "x/a");
     n.clear();
+    // The name label is the API server's: it can be neither removed nor changed.
+    for labels in [
+        json!({"kubernetes.io/metadata.name": null}),
+        json!({"kubernetes.io/metadata.name": "z"}),
+    ] {
+        n.patch(
+            "/api/v1/namespaces/y",
+            json!({"metadata": {"labels": labels}}),
+        );
+        let (_, ns) =
+            n.c.curl("GET", "/api/v1/namespaces/y", None, "application/json");
+        assert_eq!(
+            ns["metadata"]["labels"]["kubernetes.io/metadata.name"], "y",
+            "{ns}"
+        );
+    }
+
+    // deny ingress from pods in other namespaces
+    n.create(
+        "x",
+        "same-namespace-only",
+        json!({"podSelector": {}, "ingress": [{"from": [{"podSelector": {}}]}]}),
+    );
+    n.expect("other namespaces denied", "TCP", 80, |f, t| {
+        ns_of(t) != "x" || ns_of(f) == "x"
+    });
+    n.clear();
+
+    // egress to a pod in another namespace by PodSelector and NamespaceSelector
+    n.create(
+        "x",
+        "egress-to-y-b",
+        json!({"podSelector": sel(a.clone()), "policyTypes": ["Egress"], "egress": [{"to": [{"namespaceSelector": ns_label("y"), "podSelector": sel(json!({"pod": "b"}))}]}]}),
+    );
+    n.expect("egress pod+namespace", "TCP", 80, |f, t| {
+        f != "x/a" || t == "y/b"
+    });
+    n.clear();
 
     // ingress from an updated pod (pod labels change)
     n.create(
