@@ -899,3 +899,79 @@ fn security_context_users_and_capabilities() {
     );
     c.stop();
 }
+
+/// The pod sandbox: containers share the pod's UTS (hostname) and IPC namespaces, each has its
+/// own PID namespace unless `shareProcessNamespace` is set, in which case they see and can
+/// signal each other's processes.
+#[test]
+fn pod_sandbox_and_share_process_namespace() {
+    if !can_run("pod_sandbox_and_share_process_namespace") {
+        return;
+    }
+    let c = Cluster::start("sandbox");
+    for (name, share) in [("solo", false), ("shared", true)] {
+        create(
+            &c,
+            json!({"metadata": {"name": name}, "spec": {"terminationGracePeriodSeconds": 0, "shareProcessNamespace": share, "containers": [
+                {"name": "a", "command": ["sleep", "3601"]},
+                {"name": "b", "command": ["sleep", "3602"]}]}}),
+        );
+    }
+    let show = "readlink /proc/self/ns/uts /proc/self/ns/ipc /proc/self/ns/pid; hostname; cat /proc/1/comm";
+    let ns = |pod: &str, container: &str| -> Vec<String> {
+        let o = c.skiff(&["exec", pod, "-c", container, "--", "sh", "-c", show]);
+        assert!(o.status.success(), "{}", common::stderr(&o));
+        common::stdout(&o).lines().map(String::from).collect()
+    };
+    for pod in ["solo", "shared"] {
+        wait_for(&c, pod, "Running", |p| {
+            p["status"]["containerStatuses"]
+                .as_array()
+                .is_some_and(|s| {
+                    s.len() == 2 && s.iter().all(|x| x["state"]["running"].is_object())
+                })
+        });
+    }
+    let (a, b) = (ns("solo", "a"), ns("solo", "b"));
+    assert_eq!(a[0], b[0], "UTS shared: {a:?} {b:?}");
+    assert_eq!(a[1], b[1], "IPC shared: {a:?} {b:?}");
+    assert_ne!(
+        a[2], b[2],
+        "PID namespaces are the containers' own: {a:?} {b:?}"
+    );
+    assert_eq!(a[3], "solo");
+    assert_eq!(a[4], "sleep", "the container is PID 1 of its own namespace");
+    // Different pods, different sandboxes.
+    let (sa, sb) = (ns("shared", "a"), ns("shared", "b"));
+    assert_ne!(a[0], sa[0]);
+    assert_ne!(a[1], sa[1]);
+    assert_eq!(
+        sa[2], sb[2],
+        "shareProcessNamespace: one PID namespace {sa:?} {sb:?}"
+    );
+    assert_eq!(sa[3], "shared");
+    assert_ne!(
+        sa[4], "sleep",
+        "PID 1 is the sandbox, not a container: {sa:?}"
+    );
+    // b sees a's process and can signal it; a is restarted.
+    let kill_a = "for p in /proc/[0-9]*; do if tr '\\0' ' ' < $p/cmdline 2>/dev/null | grep -q '^sleep 3601'; then kill ${p#/proc/} && echo killed; fi; done";
+    let o = c.skiff(&["exec", "shared", "-c", "b", "--", "sh", "-c", kill_a]);
+    assert_eq!(
+        common::stdout(&o).trim(),
+        "killed",
+        "{}",
+        common::stderr(&o)
+    );
+    wait_for(&c, "shared", "a restarted", |p| {
+        p["status"]["containerStatuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| s["name"] == "a" && s["restartCount"].as_i64() >= Some(1))
+    });
+    // In the pod without a shared namespace, b cannot see a.
+    let o = c.skiff(&["exec", "solo", "-c", "b", "--", "sh", "-c", kill_a]);
+    assert_eq!(common::stdout(&o).trim(), "", "{}", common::stderr(&o));
+    c.stop();
+}

@@ -1,5 +1,7 @@
-//! Container init: runs as PID 1 of a fresh PID namespace, inside new mount, UTS and IPC
-//! namespaces and the pod's network namespace (entered by `nsenter`/`unshare` before it runs).
+//! Container init: runs in a new mount namespace, in the pod's network, UTS and IPC namespaces
+//! (held by the pod's pause process, [`pause`]), as PID 1 of a fresh PID namespace — or in the
+//! pod's shared PID namespace with `shareProcessNamespace` (entered by `nsenter`/`unshare`
+//! before it runs).
 //! It builds the container's root — a copy-on-write overlay over the host root (or the image
 //! directory), fresh /proc, /dev, /sys (read-only) and /tmp, the pod's own /etc/hosts,
 //! /etc/resolv.conf and /etc/hostname, the cluster's data directory masked — pivots into it,
@@ -241,6 +243,24 @@ fn pivot(root: &Path) -> Result<()> {
 }
 
 /// Runs the init; returns only on failure (success execs the command).
+/// The pod sandbox's holder (a pause process): sets the pod's hostname in the pod's UTS
+/// namespace, says `ready`, then only reaps orphans — it is PID 1 of the pod's PID namespace
+/// when the containers share one (`shareProcessNamespace`).
+pub fn pause(hostname: &str) -> ! {
+    use std::io::Write;
+    if let Err(e) = nix::unistd::sethostname(hostname) {
+        eprintln!("skiff pause: setting the hostname: {e}");
+    }
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "ready");
+    let _ = out.flush();
+    loop {
+        if let Err(nix::errno::Errno::ECHILD) = nix::sys::wait::waitpid(None, None) {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+    }
+}
+
 pub fn run(cfg: &InitConfig) -> Result<()> {
     if cfg.argv.is_empty() {
         bail!(

@@ -46,6 +46,14 @@ enum Cmd {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Hold a pod's sandbox namespaces (started by a shim).
+    Pause {
+        #[arg(long)]
+        hostname: String,
+        /// The pod's directory: unused, it names the pod in process listings.
+        #[arg(long)]
+        pod_dir: Option<PathBuf>,
+    },
     /// Set up a container and exec its command (started by a shim).
     Init {
         #[arg(long)]
@@ -206,6 +214,7 @@ async fn run(
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Pause { hostname, .. } => skiff_kubelet::init::pause(&hostname),
         Cmd::Init { config } => {
             let res = std::fs::read(&config)
                 .map_err(anyhow::Error::from)

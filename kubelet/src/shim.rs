@@ -95,6 +95,44 @@ fn waiting(name: &str, reason: &str) -> ContainerState {
 struct Shared {
     dir: PathBuf,
     state: Mutex<PodState>,
+    /// The pause process whose UTS and IPC (and, when shared, PID) namespaces containers join.
+    sandbox_pid: u32,
+}
+
+/// The pod sandbox: a pause process in the pod's network namespace holding its UTS and IPC
+/// namespaces, and its PID namespace when the containers share one. Returns the holder
+/// (a child of the shim) and the PID of the pause process itself.
+async fn start_sandbox(plan: &PodPlan, dir: &Path) -> Result<(tokio::process::Child, u32)> {
+    let mut cmd = tokio::process::Command::new("nsenter");
+    cmd.arg(format!("--net={}", plan.netns))
+        .args(["--", "unshare", "--uts", "--ipc"]);
+    if plan.share_process_namespace {
+        cmd.args(["--pid", "--fork", "--kill-child"]);
+    }
+    cmd.arg("--")
+        .arg(kubelet_exe())
+        .args(["pause", "--hostname", &plan.hostname, "--pod-dir"])
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().context("starting the pod sandbox")?;
+    let holder = child.id().unwrap_or(0);
+    let out = child.stdout.take().context("pod sandbox output")?;
+    let mut lines = BufReader::new(out).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await;
+    if !matches!(ready, Ok(Ok(Some(ref l))) if l == "ready") {
+        anyhow::bail!("the pod sandbox did not start");
+    }
+    // Keep the pipe open: the pause process never writes again.
+    std::mem::forget(lines);
+    let pause = if plan.share_process_namespace {
+        container_pid(holder).context("the pod sandbox has no process")?
+    } else {
+        holder
+    };
+    Ok((child, pause))
 }
 
 impl Shared {
@@ -343,21 +381,22 @@ async fn run_once(
         .open(log_dir.join(format!("{restart}.log")))
         .await?;
     let log = Arc::new(Mutex::new(log));
-    let mut child = tokio::process::Command::new("nsenter")
-        .arg(format!("--net={}", plan.netns))
-        .args([
-            "--",
-            "unshare",
-            "--mount",
-            "--uts",
-            "--ipc",
-            "--pid",
-            "--fork",
-            "--kill-child",
-            "--propagation",
-            "private",
-            "--",
-        ])
+    // The container joins the pod's network, UTS and IPC namespaces (and its PID namespace
+    // with shareProcessNamespace), and gets mount and PID namespaces of its own.
+    let sandbox = |ns: &str| format!("--{ns}=/proc/{}/ns/{ns}", shared.sandbox_pid);
+    let mut cmd = tokio::process::Command::new("nsenter");
+    cmd.arg(format!("--net={}", plan.netns))
+        .arg(sandbox("uts"))
+        .arg(sandbox("ipc"));
+    if plan.share_process_namespace {
+        cmd.arg(sandbox("pid"));
+    }
+    cmd.args(["--", "unshare", "--mount"]);
+    if !plan.share_process_namespace {
+        cmd.args(["--pid", "--fork", "--kill-child"]);
+    }
+    let mut child = cmd
+        .args(["--propagation", "private", "--"])
         .arg(kubelet_exe())
         .args(["init", "--config"])
         .arg(&cfg_path)
@@ -600,9 +639,11 @@ pub async fn run(dir: &Path) -> Result<()> {
         initialized: plan.init_containers.is_empty(),
         stopped: false,
     };
+    let (mut sandbox, sandbox_pid) = start_sandbox(&plan, dir).await?;
     let shared = Arc::new(Shared {
         dir: dir.to_path_buf(),
         state: Mutex::new(PodState::default()),
+        sandbox_pid,
     });
     shared.update(|st| *st = initial).await;
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -644,6 +685,11 @@ pub async fn run(dir: &Path) -> Result<()> {
             work.await;
         }
     }
+    // The sandbox goes last (with a PID namespace, its end takes any stray process along).
+    if sandbox_pid != sandbox.id().unwrap_or(0) {
+        let _ = kill(Pid::from_raw(sandbox_pid as i32), Signal::SIGKILL);
+    }
+    let _ = sandbox.kill().await;
     shared.update(|st| st.stopped = true).await;
     crate::cgroup::remove_pod(&plan.cgroup_pod);
     let _ = std::fs::remove_file(pid_path(dir));
