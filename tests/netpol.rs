@@ -80,6 +80,29 @@ ts = [threading.Thread(target=one, args=(i, ip)) for i, ip in enumerate(targets)
 print(json.dumps(res))
 "#;
 
+/// A pod of the model: `pod=<name>` label, the server, readiness on TCP 80.
+fn server_pod(ns: &str, pod: &str) -> Value {
+    let mut ports = Vec::new();
+    for port in [80, 81] {
+        for proto in ["TCP", "UDP", "SCTP"] {
+            ports.push(json!({"name": format!("serve-{port}-{}", proto.to_lowercase()), "containerPort": port, "protocol": proto}));
+        }
+    }
+    json!({
+        "metadata": {"name": pod, "labels": {"pod": pod}},
+        "spec": {
+            "terminationGracePeriodSeconds": 0,
+            "containers": [{
+                "name": "server",
+                "command": ["python3", "-c", SERVER],
+                "env": [{"name": "POD", "value": format!("{ns}/{pod}")}],
+                "ports": ports,
+                "readinessProbe": {"tcpSocket": {"port": 80}, "periodSeconds": 1}
+            }]
+        }
+    })
+}
+
 struct Net {
     c: Cluster,
     /// "ns/pod" → (uid, ip)
@@ -132,25 +155,7 @@ impl Net {
         }
         for ns in NSS {
             for pod in PODS {
-                let mut ports = Vec::new();
-                for port in [80, 81] {
-                    for proto in ["TCP", "UDP", "SCTP"] {
-                        ports.push(json!({"name": format!("serve-{port}-{}", proto.to_lowercase()), "containerPort": port, "protocol": proto}));
-                    }
-                }
-                let body = json!({
-                    "metadata": {"name": pod, "labels": {"pod": pod}},
-                    "spec": {
-                        "terminationGracePeriodSeconds": 0,
-                        "containers": [{
-                            "name": "server",
-                            "command": ["python3", "-c", SERVER],
-                            "env": [{"name": "POD", "value": format!("{ns}/{pod}")}],
-                            "ports": ports,
-                            "readinessProbe": {"tcpSocket": {"port": 80}, "periodSeconds": 1}
-                        }]
-                    }
-                });
+                let body = server_pod(ns, pod);
                 let (code, v) = c.curl(
                     "POST",
                     &format!("/api/v1/namespaces/{ns}/pods"),
@@ -978,6 +983,65 @@ for line in sys.stdin:
     }
     n.clear();
     n.expect("after clearing", "TCP", 80, all);
+
+    // A pod created while a policy selects it is isolated as soon as it runs.
+    n.create("x", "deny-ingress", json!({"podSelector": {}}));
+    n.expect("deny before the new pod", "TCP", 80, |_, t| ns_of(t) != "x");
+    let (code, v) = n.c.curl(
+        "POST",
+        "/api/v1/namespaces/x/pods",
+        Some(&server_pod("x", "d").to_string()),
+        "application/json",
+    );
+    assert_eq!(code, 201, "{v}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let d_ip = loop {
+        let (_, p) = n.c.curl(
+            "GET",
+            "/api/v1/namespaces/x/pods/d",
+            None,
+            "application/json",
+        );
+        let ready = p["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True");
+        if let (true, Some(ip)) = (ready, p["status"]["podIP"].as_str()) {
+            break ip.to_string();
+        }
+        assert!(Instant::now() < deadline, "x/d never became ready: {p}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // The host reaches it (so the server is up) ...
+    let out = n
+        .c
+        .netns_cmd("python3")
+        .args(["-c", PROBE, "TCP", "80", &d_ip])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[true]");
+    // ... other pods do not, from the first try.
+    for from in ["y/a", "x/b"] {
+        let out =
+            n.c.in_pod_netns(&n.pods[from].0, "python3")
+                .args(["-c", PROBE, "TCP", "80", &d_ip])
+                .output()
+                .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "[false]",
+            "{from} reached the new pod x/d"
+        );
+    }
+    let (code, v) = n.c.curl(
+        "DELETE",
+        "/api/v1/namespaces/x/pods/d",
+        None,
+        "application/json",
+    );
+    assert_eq!(code, 200, "{v}");
+    n.clear();
 
     // Bad policies are refused with field causes and change nothing.
     let bad = json!({
