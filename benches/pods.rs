@@ -115,6 +115,181 @@ async fn wait_all(
     }
 }
 
+/// The reference: the same container (`sleep`, the host's /usr, /bin, /lib and /etc read-only)
+/// started by crun with a network namespace from the CNI `bridge` plugin (host-local IPAM), the
+/// way a CRI runtime does it: `ip netns add`, CNI ADD, `crun run --detach`; deleted with
+/// `crun delete --force`, CNI DEL, `ip netns del`. Runs on a thread inside a throwaway network
+/// namespace (the bridge lives there) and a private mount namespace. Returns (start, delete)
+/// latencies, or why it could not run.
+fn crun_reference(n: usize, dir: &Path) -> Result<(Vec<Duration>, Vec<Duration>), String> {
+    for (tool, pkg) in [
+        ("crun", "crun"),
+        ("/usr/lib/cni/bridge", "containernetworking-plugins"),
+    ] {
+        if Command::new(tool).arg("--version").output().is_err() {
+            return Err(format!("{tool} is missing (Debian package {pkg})"));
+        }
+    }
+    let host = format!("skiff-bench-ref-{}", std::process::id());
+    let ok = Command::new("ip")
+        .args(["netns", "add", &host])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        return Err("cannot create the reference's network namespace".into());
+    }
+    let dir = dir.to_path_buf();
+    let hostns = format!("/run/netns/{host}");
+    let res = std::thread::spawn(move || -> Result<(Vec<Duration>, Vec<Duration>), String> {
+        use nix::mount::{mount, umount2, MntFlags, MsFlags};
+        use nix::sched::{setns, unshare, CloneFlags};
+        let fd = std::fs::File::open(&hostns).map_err(|e| e.to_string())?;
+        setns(fd, CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string())?;
+        // crun 1.8 refuses hosts with both cgroup versions mounted; in a private mount
+        // namespace the (controller-less) v2 hierarchy is set aside and crun runs without a
+        // cgroup manager.
+        unshare(CloneFlags::CLONE_NEWNS).map_err(|e| e.to_string())?;
+        mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+            .map_err(|e| e.to_string())?;
+        let _ = umount2("/sys/fs/cgroup/unified", MntFlags::MNT_DETACH);
+        let bundle = dir.join("ref-bundle");
+        std::fs::create_dir_all(bundle.join("rootfs")).map_err(|e| e.to_string())?;
+        let spec = Command::new("crun")
+            .arg("spec")
+            .current_dir(&bundle)
+            .status()
+            .map_err(|e| e.to_string())?;
+        if !spec.success() {
+            return Err("crun spec failed".into());
+        }
+        let mut cfg: Value = serde_json::from_slice(
+            &std::fs::read(bundle.join("config.json")).map_err(|e| e.to_string())?,
+        )
+        .map_err(|e| e.to_string())?;
+        cfg["process"]["terminal"] = json!(false);
+        cfg["process"]["args"] = json!(["sleep", "3600"]);
+        cfg["root"] = json!({"path": bundle.join("rootfs"), "readonly": true});
+        // The network namespace is the one CNI set up (its path is filled in per container).
+        if let Some(nss) = cfg["linux"]["namespaces"].as_array_mut() {
+            nss.retain(|n| n["type"] != "network");
+            nss.push(json!({"type": "network", "path": ""}));
+        }
+        for d in ["usr", "bin", "lib", "lib64", "sbin", "etc"] {
+            if Path::new("/").join(d).exists() {
+                if let Some(m) = cfg["mounts"].as_array_mut() {
+                    m.push(json!({"destination": format!("/{d}"), "type": "bind", "source": format!("/{d}"), "options": ["rbind", "ro"]}));
+                }
+            }
+        }
+        let cni = json!({"cniVersion": "1.0.0", "name": "skiff-bench", "type": "bridge", "bridge": "cni-bench0",
+            "isGateway": true, "ipMasq": false,
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.88.0.0/16"}]], "dataDir": dir.join("ref-ipam")}})
+        .to_string();
+        let crun = |args: &[&str]| -> Result<(), String> {
+            // A detached container inherits crun's stdio: a file, not a pipe, so crun's
+            // exit is not held up by the container's open descriptors.
+            let err = std::fs::File::create(dir.join("ref-crun.err")).map_err(|e| e.to_string())?;
+            let status = Command::new("crun")
+                .args(["--cgroup-manager=disabled", "--root"])
+                .arg(dir.join("ref-state"))
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(err)
+                .status()
+                .map_err(|e| e.to_string())?;
+            if status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "crun {}: {}",
+                    args[0],
+                    std::fs::read_to_string(dir.join("ref-crun.err"))
+                        .unwrap_or_default()
+                        .trim()
+                ))
+            }
+        };
+        let cni_call = |cmd: &str, id: &str| {
+            let mut c = Command::new("/usr/lib/cni/bridge")
+                .env("CNI_COMMAND", cmd)
+                .env("CNI_CONTAINERID", id)
+                .env("CNI_NETNS", format!("/run/netns/{id}"))
+                .env("CNI_IFNAME", "eth0")
+                .env("CNI_PATH", "/usr/lib/cni")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| e.to_string())?;
+            if let Some(mut i) = c.stdin.take() {
+                use std::io::Write;
+                i.write_all(cni.as_bytes()).map_err(|e| e.to_string())?;
+            }
+            match c.wait() {
+                Ok(s) if s.success() => Ok(()),
+                _ => Err(format!("CNI {cmd} failed")),
+            }
+        };
+        let (mut start, mut del) = (Vec::new(), Vec::new());
+        for i in 0..n {
+            let id = format!("skiff-ref-{i}");
+            let r = (|| -> Result<(Duration, Duration), String> {
+                let t = Instant::now();
+                let out = Command::new("ip")
+                    .args(["netns", "add", &id])
+                    .output()
+                    .map_err(|e| e.to_string())?;
+                if !out.status.success() {
+                    return Err(format!(
+                        "ip netns add: {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ));
+                }
+                cni_call("ADD", &id)?;
+                // Each container gets its own bundle config, as a CRI runtime writes one.
+                let b = bundle.join(&id);
+                std::fs::create_dir_all(&b).map_err(|e| e.to_string())?;
+                let mut c = cfg.clone();
+                if let Some(nss) = c["linux"]["namespaces"].as_array_mut() {
+                    for ns in nss.iter_mut().filter(|n| n["type"] == "network") {
+                        ns["path"] = json!(format!("/run/netns/{id}"));
+                    }
+                }
+                std::fs::write(b.join("config.json"), c.to_string()).map_err(|e| e.to_string())?;
+                crun(&["run", "--detach", "--bundle", &b.to_string_lossy(), &id])?;
+                let started = t.elapsed();
+                let t = Instant::now();
+                let deleted = crun(&["delete", "--force", &id]);
+                cni_call("DEL", &id)?;
+                let _ = Command::new("ip").args(["netns", "del", &id]).status();
+                deleted?;
+                Ok((started, t.elapsed()))
+            })();
+            match r {
+                Ok((s, d)) => {
+                    start.push(s);
+                    del.push(d);
+                }
+                Err(e) => {
+                    let _ = crun(&["delete", "--force", &id]);
+                    let _ = cni_call("DEL", &id);
+                    let _ = Command::new("ip").args(["netns", "del", &id]).status();
+                    return Err(e);
+                }
+            }
+        }
+        Ok((start, del))
+    })
+    .join()
+    .unwrap_or_else(|_| Err("the reference thread panicked".into()));
+    let _ = Command::new("ip")
+        .args(["netns", "del", &host])
+        .stderr(Stdio::null())
+        .status();
+    res
+}
+
 fn main() {
     if !nix::unistd::geteuid().is_root() {
         eprintln!("SKIPPED: the pod benchmark needs root");
@@ -135,8 +310,14 @@ fn main() {
         .args(["-n", &ns, "link", "set", "lo", "up"])
         .status()
         .unwrap();
+    for b in ["skiff-apiserver", "skiff-kubelet", "skiff-netd"] {
+        assert!(
+            exe.with_file_name(b).exists(),
+            "{b} is not built: run `cargo build --release --workspace` first"
+        );
+    }
     let log = std::fs::File::create(dir.join("up.log")).unwrap();
-    let mut up = Command::new("ip")
+    let up = Command::new("ip")
         .args(["netns", "exec", &ns])
         .arg(&exe)
         .arg("--data-dir")
@@ -146,6 +327,12 @@ fn main() {
         .stderr(log)
         .spawn()
         .unwrap();
+    // Stops the cluster and removes its namespace and files however the run ends.
+    let _guard = Guard {
+        up,
+        ns: ns.clone(),
+        dir: dir.clone(),
+    };
     let sock = data.join("apiserver.sock");
     let t0 = Instant::now();
     while !std::fs::read_to_string(dir.join("up.log"))
@@ -267,6 +454,24 @@ fn main() {
         "# skiff pod benchmark\n\ncluster start to `ready`: {} ms\n",
         ms(startup)
     );
+    // The reference, in the same run (the cluster is idle meanwhile).
+    match crun_reference(n, &dir) {
+        Ok((mut start, mut del)) => {
+            rows.push(format!(
+                "| reference: crun + CNI bridge start, one at a time | {n} | {} | {} | {} |",
+                ms(pct(&mut start, 0.5)),
+                ms(pct(&mut start, 0.99)),
+                ms(*start.iter().max().unwrap())
+            ));
+            rows.push(format!(
+                "| reference: crun + CNI bridge delete, one at a time | {n} | {} | {} | {} |",
+                ms(pct(&mut del, 0.5)),
+                ms(pct(&mut del, 0.99)),
+                ms(*del.iter().max().unwrap())
+            ));
+        }
+        Err(e) => eprintln!("SKIPPED: the crun + CNI reference: {e}"),
+    }
     println!("| operation | pods | p50 ms | p99 ms | max ms |\n|---|---|---|---|---|");
     for r in rows {
         println!("{r}");
@@ -296,21 +501,32 @@ fn main() {
                 .join(" | ")
         );
     }
-    // Stop (the kubelet stops every pod) and clean up.
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(up.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let t = Instant::now();
-    while up.try_wait().ok().flatten().is_none() && t.elapsed() < Duration::from_secs(120) {
-        std::thread::sleep(Duration::from_millis(50));
+}
+
+struct Guard {
+    up: std::process::Child,
+    ns: String,
+    dir: PathBuf,
+}
+
+impl Drop for Guard {
+    /// Stops the cluster (the kubelet stops every pod) and cleans up.
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.up.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let t = Instant::now();
+        while self.up.try_wait().ok().flatten().is_none() && t.elapsed() < Duration::from_secs(120)
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.up.kill();
+        let _ = self.up.wait();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.ns])
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
-    let _ = up.kill();
-    let _ = up.wait();
-    let _ = Command::new("ip")
-        .args(["netns", "del", &ns])
-        .stderr(Stdio::null())
-        .status();
-    let _ = std::fs::remove_dir_all(&dir);
-    let _ = Path::new(&dir);
 }

@@ -1014,12 +1014,11 @@ for line in sys.stdin:
         std::thread::sleep(Duration::from_millis(50));
     };
     // The host reaches it (so the server is up) ...
-    let out = n
-        .c
-        .netns_cmd("python3")
-        .args(["-c", PROBE, "TCP", "80", &d_ip])
-        .output()
-        .unwrap();
+    let out =
+        n.c.netns_cmd("python3")
+            .args(["-c", PROBE, "TCP", "80", &d_ip])
+            .output()
+            .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[true]");
     // ... other pods do not, from the first try.
     for from in ["y/a", "x/b"] {
