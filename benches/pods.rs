@@ -78,6 +78,8 @@ async fn watch(c: ApiClient, tx: tokio::sync::mpsc::UnboundedSender<(String, Str
         )
         .await
         .unwrap();
+    let trace = std::env::var("SKIFF_BENCH_TRACE").is_ok();
+    let t0 = Instant::now();
     while let Ok(Some(l)) = lines.next_line().await {
         let v: Value = serde_json::from_slice(&l).unwrap_or_default();
         let name = v["object"]["metadata"]["name"]
@@ -92,6 +94,19 @@ async fn watch(c: ApiClient, tx: tokio::sync::mpsc::UnboundedSender<(String, Str
                 .unwrap_or("")
                 .to_string()
         };
+        if trace {
+            // SKIFF_BENCH_TRACE: every event of the one-at-a-time pods, to see where time goes.
+            let o = &v["object"];
+            eprintln!(
+                "{:>10.1} ms {name} {} node={} fins={} ip={} phase={}",
+                t0.elapsed().as_secs_f64() * 1e3,
+                v["type"].as_str().unwrap_or(""),
+                o["spec"]["nodeName"].as_str().unwrap_or("-"),
+                o["metadata"]["finalizers"].as_array().map_or(0, Vec::len),
+                o["status"]["podIP"].as_str().unwrap_or("-"),
+                o["status"]["phase"].as_str().unwrap_or("-"),
+            );
+        }
         let _ = tx.send((name, what, Instant::now()));
     }
 }
@@ -364,6 +379,9 @@ fn main() {
         for i in 0..n {
             let name = format!("seq-{i}");
             let t = Instant::now();
+            if std::env::var("SKIFF_BENCH_TRACE").is_ok() {
+                eprintln!("create {name}");
+            }
             let r = c
                 .request(
                     "POST",
@@ -527,6 +545,13 @@ impl Drop for Guard {
             .args(["netns", "del", &self.ns])
             .stderr(Stdio::null())
             .status();
+        if std::env::var("SKIFF_BENCH_TRACE").is_ok() {
+            // The daemons' logs outlive the run, for a look at where time went.
+            let keep = std::env::temp_dir().join("skiff-bench-logs");
+            let _ = std::fs::remove_dir_all(&keep);
+            let _ = std::fs::rename(self.dir.join("data/logs"), &keep);
+            eprintln!("daemon logs kept in {}", keep.display());
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -863,6 +863,7 @@ async fn create(
             meta_mut(&mut o).insert("name".into(), json!(generated_name(&base)));
         }
         registry::apply_defaults(kind.kind, &mut o);
+        registry::admit_create(kind.kind, &mut o);
         let mut causes = validate_meta(kind, &o);
         causes.extend(registry::validate(kind.kind, &o, None));
         if !causes.is_empty() {

@@ -476,6 +476,34 @@ pub fn initial_status(kind: &str) -> Option<Value> {
     }
 }
 
+/// The finalizers of the daemons that hold kernel state for a pod (the kubelet: processes,
+/// mounts, cgroups; netd: namespace, veth, address).
+pub const POD_FINALIZERS: [&str; 2] = ["skiff.io/kubelet", "skiff.io/netd"];
+
+/// Admission of a new object: a pod gets the finalizers of the daemons that will hold state
+/// for it, so nothing is released before they have torn it down (and they need not add them,
+/// which would cost each pod two more writes before it can start).
+pub fn admit_create(kind: &str, o: &mut Value) {
+    if kind != "Pod" {
+        return;
+    }
+    let host_network = o["spec"]["hostNetwork"].as_bool() == Some(true);
+    let Some(meta) = obj_mut(o, "metadata") else {
+        return;
+    };
+    let list = meta.entry("finalizers").or_insert_with(|| json!([]));
+    if let Some(list) = list.as_array_mut() {
+        for f in POD_FINALIZERS {
+            if f == "skiff.io/netd" && host_network {
+                continue;
+            }
+            if !list.iter().any(|x| x == f) {
+                list.push(json!(f));
+            }
+        }
+    }
+}
+
 /// Defaulting, as the Kubernetes API's defaulting functions and admission do it.
 pub fn apply_defaults(kind: &str, o: &mut Value) {
     match kind {
@@ -1226,6 +1254,28 @@ mod tests {
             v["spec"]["containers"][0]["resources"]["limits"]["cpu"],
             json!("1")
         );
+    }
+
+    #[test]
+    fn pod_admission_finalizers() {
+        let mut p =
+            json!({"metadata": {"name": "a", "finalizers": ["x/y"]}, "spec": {"containers": []}});
+        admit_create("Pod", &mut p);
+        assert_eq!(
+            p["metadata"]["finalizers"],
+            json!(["x/y", "skiff.io/kubelet", "skiff.io/netd"])
+        );
+        admit_create("Pod", &mut p);
+        assert_eq!(
+            p["metadata"]["finalizers"].as_array().map(Vec::len),
+            Some(3)
+        );
+        let mut h = json!({"metadata": {"name": "h"}, "spec": {"hostNetwork": true}});
+        admit_create("Pod", &mut h);
+        assert_eq!(h["metadata"]["finalizers"], json!(["skiff.io/kubelet"]));
+        let mut cm = json!({"metadata": {"name": "c"}});
+        admit_create("ConfigMap", &mut cm);
+        assert!(cm["metadata"].get("finalizers").is_none());
     }
 
     #[test]

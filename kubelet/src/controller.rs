@@ -3,13 +3,15 @@
 //! network is ready, mirrors the shim's state into the pod's status, and on deletion stops the
 //! pod (grace period honoured by the shim) before releasing the `skiff.io/kubelet` finalizer.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::Store;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::json;
@@ -48,6 +50,13 @@ pub struct Ctx {
     pub max_pods: i64,
     /// This cluster's cgroup parent under `skiff/`.
     pub cgroup_cluster: String,
+    /// The controller's cache of pods (what scheduling counts against allocatable).
+    pub pods: Store<Pod>,
+    /// Pods this kubelet bound that the cache may not show bound yet, with their requests;
+    /// held while one pod is scheduled, so two pods never both take the last room.
+    pub bound: tokio::sync::Mutex<HashMap<String, (i64, i64, std::time::Instant)>>,
+    /// The datagram socket shims notify (see `shim::notify`).
+    pub notify: String,
 }
 
 /// What a pod asks for: (millicores, bytes). Requests default to limits, and init containers
@@ -151,21 +160,41 @@ impl Ctx {
         self.pods_dir.join(uid)
     }
 
-    async fn fits(&self, pod: &Pod) -> Result<Option<String>, Error> {
+    /// Whether the pod's requests fit what is left on the node, counted from the cache plus
+    /// the pods bound meanwhile (`bound`, locked by the caller); None, or why not.
+    fn fits(
+        &self,
+        pod: &Pod,
+        bound: &mut HashMap<String, (i64, i64, std::time::Instant)>,
+    ) -> Option<String> {
         let (cpu, mem) = requests(pod);
-        let on_node = Api::<Pod>::all(self.client.clone())
-            .list(&ListParams::default().fields(&format!("spec.nodeName={}", self.node)))
-            .await?;
         let (mut used_cpu, mut used_mem, mut count) = (0, 0, 0);
-        for p in on_node
-            .items
-            .iter()
-            .filter(|p| !finished(p) && p.metadata.uid != pod.metadata.uid)
-        {
-            let (c, m) = requests(p);
+        let mut counted = HashSet::new();
+        for p in self.pods.state() {
+            let uid = p.metadata.uid.clone().unwrap_or_default();
+            let on_node = p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(&self.node);
+            if !on_node || uid == pod.metadata.uid.clone().unwrap_or_default() {
+                continue;
+            }
+            // The cache shows it bound: the ledger entry is no longer needed.
+            bound.remove(&uid);
+            if finished(&p) {
+                continue;
+            }
+            let (c, m) = requests(&p);
             used_cpu += c;
             used_mem += m;
             count += 1;
+            counted.insert(uid);
+        }
+        // Entries the cache never showed bound (deleted at once) expire.
+        bound.retain(|_, (_, _, at)| at.elapsed() < Duration::from_secs(60));
+        for (uid, (c, m, _)) in bound.iter() {
+            if !counted.contains(uid) && Some(uid) != pod.metadata.uid.as_ref() {
+                used_cpu += c;
+                used_mem += m;
+                count += 1;
+            }
         }
         let mut short = Vec::new();
         if used_cpu + cpu > self.alloc_cpu_m {
@@ -178,9 +207,9 @@ impl Ctx {
             short.push("Too many pods");
         }
         if short.is_empty() {
-            Ok(None)
+            None
         } else {
-            Ok(Some(format!("0/1 nodes are available: {}. preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod.", short.iter().map(|s| format!("1 {s}")).collect::<Vec<_>>().join(", "))))
+            Some(format!("0/1 nodes are available: {}. preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod.", short.iter().map(|s| format!("1 {s}")).collect::<Vec<_>>().join(", ")))
         }
     }
 
@@ -256,9 +285,13 @@ pub async fn event(
     });
     let api: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), &ns);
     if let Ok(e) = serde_json::from_value(ev) {
-        if let Err(err) = api.create(&Default::default(), &e).await {
-            tracing::debug!("recording event {reason}: {err}");
-        }
+        // Recorded in the background: the pod's own progress does not wait for its events.
+        let reason = reason.to_string();
+        tokio::spawn(async move {
+            if let Err(err) = api.create(&Default::default(), &e).await {
+                tracing::debug!("recording event {reason}: {err}");
+            }
+        });
     }
 }
 
@@ -319,7 +352,8 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             .map(|t| jiff::Timestamp::now().as_second() - t.0.as_second())
             .unwrap_or(0);
         if !ctx.stop(&uid, since > grace + 10) {
-            return Ok(Action::requeue(Duration::from_millis(200)));
+            // The shim notifies when it is gone; the requeue is a fallback (and the overdue check).
+            return Ok(Action::requeue(Duration::from_secs(1)));
         }
         // Removal may wait for the last processes to leave: not on the runtime's threads.
         let cg = format!("{}/{uid}", ctx.cgroup_cluster);
@@ -335,7 +369,9 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     }
     if node.is_empty() {
         // The one node schedules: bind if the requests fit what is left.
-        if let Some(msg) = ctx.fits(&pod).await? {
+        let mut bound = ctx.bound.lock().await;
+        if let Some(msg) = ctx.fits(&pod, &mut bound) {
+            drop(bound);
             let cond = json!({"status": {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": msg, "lastProbeTime": null, "lastTransitionTime": skiff_core::time::now_rfc3339()}]}});
             let current = pod
                 .status
@@ -360,10 +396,15 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             return Ok(Action::requeue(Duration::from_secs(2)));
         }
         let patch = json!({"metadata": {"resourceVersion": pod.metadata.resource_version}, "spec": {"nodeName": ctx.node}});
-        match api
+        let res = api
             .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
-            .await
-        {
+            .await;
+        if res.is_ok() {
+            let (c, m) = requests(&pod);
+            bound.insert(uid.clone(), (c, m, std::time::Instant::now()));
+        }
+        drop(bound);
+        match res {
             Ok(_) => {
                 event(
                     &ctx.client,
@@ -426,21 +467,18 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         );
         plan.masked = ctx.masked.clone();
         plan.cgroup_pod = format!("{}/{uid}", ctx.cgroup_cluster);
+        plan.notify = ctx.notify.clone();
         std::fs::write(shim::plan_path(&dir), serde_json::to_vec_pretty(&plan)?)?;
         let _ = std::fs::remove_file(shim::state_path(&dir));
         spawn_shim(&dir)?;
-        return Ok(Action::requeue(Duration::from_millis(50)));
+        // The shim notifies on every state change; the requeue is only a fallback.
+        return Ok(Action::requeue(Duration::from_secs(1)));
     }
     if let Some(st) = state {
         sync_status(&api, &pod, &st, &ctx).await?;
     }
-    // Look at the shim's state often while the pod starts, then every half second.
-    let starting = pod.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Running");
-    Ok(Action::requeue(Duration::from_millis(if starting {
-        100
-    } else {
-        500
-    })))
+    // The shim notifies on every state change; this is the fallback.
+    Ok(Action::requeue(Duration::from_secs(2)))
 }
 
 async fn sync_status(

@@ -242,6 +242,10 @@ fn pivot(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The first line an init writes to stdout right before it execs the container's command;
+/// the shim consumes it (it never reaches the log).
+pub const STARTED_MARKER: &str = "\u{1}skiff:started";
+
 /// Runs the init; returns only on failure (success execs the command).
 /// The pod sandbox's holder (a pause process): sets the pod's hostname in the pod's UTS
 /// namespace, says `ready`, then only reaps orphans — it is PID 1 of the pod's PID namespace
@@ -318,6 +322,15 @@ pub fn run(cfg: &InitConfig) -> Result<()> {
     }
     if !cfg.privileged {
         drop_capabilities()?;
+    }
+    // Tell the shim that setup is done and the command is about to run (as runc's exec
+    // fifo does): it reports the container running from here, not before.
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout();
+        out.write_all(STARTED_MARKER.as_bytes())?;
+        out.write_all(b"\n")?;
+        out.flush()?;
     }
     let err = cmd.exec();
     // exec only returns on failure; 127/126 as shells report "not found"/"not executable".

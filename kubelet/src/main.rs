@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, Controller};
 use skiff_core::config::{self, Cidr, Paths};
 use skiff_kubelet::controller::{error_policy, reconcile, Ctx};
@@ -130,6 +131,33 @@ async fn run(
         host_resolv_conf: std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
         ..Default::default()
     };
+    let controller = Controller::new(Api::<Pod>::all(client.clone()), watcher::Config::default());
+    // Shims say which pod changed on this socket; that pod is reconciled at once.
+    let notify_path = paths.run().join("kubelet-notify.sock");
+    let _ = std::fs::remove_file(&notify_path);
+    let notify =
+        tokio::net::UnixDatagram::bind(&notify_path).context("binding the notify socket")?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&notify_path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    {
+        let store = controller.store();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 128];
+            while let Ok(n) = notify.recv(&mut buf).await {
+                let uid = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let found = store
+                    .state()
+                    .into_iter()
+                    .find(|p| p.metadata.uid.as_deref() == Some(uid.as_str()));
+                if let Some(p) = found {
+                    let _ = tx.send(ObjectRef::from_obj(&*p));
+                }
+            }
+        });
+    }
     let ctx = Arc::new(Ctx {
         reported: Default::default(),
         client: client.clone(),
@@ -144,6 +172,9 @@ async fn run(
         alloc_mem: host.memory_bytes.saturating_sub(RESERVED_MEMORY) as i64,
         max_pods: max_pods as i64,
         cgroup_cluster: skiff_kubelet::cgroup::cluster_id(&data_dir),
+        pods: controller.store(),
+        bound: Default::default(),
+        notify: notify_path.display().to_string(),
     });
     // Heartbeats keep the Ready condition fresh.
     {
@@ -186,7 +217,10 @@ async fn run(
             _ = term.recv() => {}
         }
     };
-    Controller::new(Api::<Pod>::all(client), watcher::Config::default())
+    let triggers =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
+    controller
+        .reconcile_on(triggers)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|_| async {})

@@ -30,6 +30,9 @@ pub struct PodPlan {
     /// `<cluster>/<uid>`: where under the `skiff` cgroup this pod's containers go.
     #[serde(default)]
     pub cgroup_pod: String,
+    /// The kubelet's datagram socket, told the pod's UID whenever its state changes.
+    #[serde(default)]
+    pub notify: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -344,6 +347,7 @@ pub fn pod_plan(pod: &Pod, netns: &str, log_dir: &str, f: &Facts) -> PodPlan {
         share_process_namespace: spec.share_process_namespace == Some(true),
         masked: Vec::new(),
         cgroup_pod: String::new(),
+        notify: String::new(),
     }
 }
 

@@ -92,11 +92,26 @@ fn waiting(name: &str, reason: &str) -> ContainerState {
     }
 }
 
+/// Tells the kubelet (a datagram with the pod's UID) to look at the pod again, so status
+/// follows the containers at once rather than at the next poll. Best effort: a kubelet that is
+/// down reads everything from `state.json` when it comes back.
+pub fn notify(socket: &str, uid: &str) {
+    if socket.is_empty() {
+        return;
+    }
+    if let Ok(s) = std::os::unix::net::UnixDatagram::unbound() {
+        let _ = s.send_to(uid.as_bytes(), socket);
+    }
+}
+
 struct Shared {
     dir: PathBuf,
     state: Mutex<PodState>,
     /// The pause process whose UTS and IPC (and, when shared, PID) namespaces containers join.
     sandbox_pid: u32,
+    /// Where to tell the kubelet that the state changed (see [`notify`]).
+    notify: String,
+    uid: String,
 }
 
 /// The pod sandbox: a pause process in the pod's network namespace holding its UTS and IPC
@@ -145,13 +160,27 @@ impl Shared {
                 let _ = std::fs::rename(&tmp, state_path(&self.dir));
             }
         }
+        drop(st);
+        notify(&self.notify, &self.uid);
     }
 }
 
 /// Copies a stream into a CRI log file: `<RFC3339Nano> <stream> F <line>`.
-async fn pump(r: impl AsyncRead + Unpin, stream: &'static str, log: Arc<Mutex<tokio::fs::File>>) {
+async fn pump(
+    r: impl AsyncRead + Unpin,
+    stream: &'static str,
+    log: Arc<Mutex<tokio::fs::File>>,
+    mut started: Option<tokio::sync::oneshot::Sender<()>>,
+) {
     let mut lines = BufReader::new(r).lines();
     while let Ok(Some(line)) = lines.next_line().await {
+        // The init's "about to exec" line comes first; it is not the container's output.
+        if let Some(tx) = started.take() {
+            if line == crate::init::STARTED_MARKER {
+                let _ = tx.send(());
+                continue;
+            }
+        }
         let ts = jiff::Timestamp::now();
         let rec = format!(
             "{} {stream} F {line}\n",
@@ -406,18 +435,29 @@ async fn run_once(
         .spawn()
         .context("starting the container")?;
     let unshare_pid = child.id().unwrap_or(0);
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
     let outs = [
         child
             .stdout
             .take()
-            .map(|o| tokio::spawn(pump(o, "stdout", log.clone()))),
+            .map(|o| tokio::spawn(pump(o, "stdout", log.clone(), Some(started_tx)))),
         child
             .stderr
             .take()
-            .map(|e| tokio::spawn(pump(e, "stderr", log.clone()))),
+            .map(|e| tokio::spawn(pump(e, "stderr", log.clone(), None))),
     ];
+    // Running once the init has set the container up and is about to exec its command.
+    let exited = tokio::select! {
+        r = started_rx => match r {
+            Ok(()) => None,
+            Err(_) => Some(child.wait().await),
+        },
+        s = child.wait() => Some(s),
+    };
     let name = c.name.clone();
     let started = now();
+    // An init that failed is recorded as started and at once as terminated, which keeps the
+    // restart bookkeeping in one place.
     shared
         .update(|st| {
             if let Some(cs) = st.container_mut(init, &name) {
@@ -439,7 +479,7 @@ async fn run_once(
         })
         .await;
     let (kill_tx, mut kill_rx) = tokio::sync::mpsc::channel::<String>(1);
-    let probes = if init {
+    let probes = if init || exited.is_some() {
         None
     } else {
         Some(tokio::spawn(probe_loop(
@@ -450,10 +490,13 @@ async fn run_once(
             kill_tx,
         )))
     };
-    let killed = tokio::select! {
-        s = child.wait() => Err(s),
-        _ = stop.changed() => Ok(None),
-        why = kill_rx.recv() => Ok(why),
+    let killed = match exited {
+        Some(s) => Err(s),
+        None => tokio::select! {
+            s = child.wait() => Err(s),
+            _ = stop.changed() => Ok(None),
+            why = kill_rx.recv() => Ok(why),
+        },
     };
     if let Some(p) = probes {
         p.abort();
@@ -644,6 +687,8 @@ pub async fn run(dir: &Path) -> Result<()> {
         dir: dir.to_path_buf(),
         state: Mutex::new(PodState::default()),
         sandbox_pid,
+        notify: plan.notify.clone(),
+        uid: plan.uid.clone(),
     });
     shared.update(|st| *st = initial).await;
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -693,6 +738,8 @@ pub async fn run(dir: &Path) -> Result<()> {
     shared.update(|st| st.stopped = true).await;
     crate::cgroup::remove_pod(&plan.cgroup_pod);
     let _ = std::fs::remove_file(pid_path(dir));
+    // Once more now that no shim holds the pod: deletion can go on.
+    notify(&plan.notify, &plan.uid);
     Ok(())
 }
 

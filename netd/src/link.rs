@@ -82,6 +82,22 @@ async fn has_addr(h: &Handle, index: u32, ip: Ipv4Addr) -> Result<bool> {
 }
 
 /// The real kernel, over rtnetlink.
+/// A veth pair whose peer end is created directly in the namespace behind `ns_fd`.
+fn veth_into(name: &str, peer: &str, ns_fd: i32) -> rtnetlink::packet_route::link::LinkMessage {
+    use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkInfo};
+    let mut msg = LinkVeth::new(name, peer).build();
+    for attr in msg.attributes.iter_mut() {
+        if let LinkAttribute::LinkInfo(infos) = attr {
+            for info in infos.iter_mut() {
+                if let LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(p))) = info {
+                    p.attributes.push(LinkAttribute::NetNsFd(ns_fd));
+                }
+            }
+        }
+    }
+    msg
+}
+
 pub struct Kernel;
 
 impl PodLinks for Kernel {
@@ -126,24 +142,12 @@ impl PodLinks for Kernel {
             .await?
             .ok_or_else(|| LinkError::Missing(bridge.into()))?;
         if index_of(&h, host_if).await?.is_none() {
-            let peer = format!("{host_if}p");
-            if let Some(stale) = index_of(&h, &peer).await? {
-                h.link().del(stale).execute().await?;
-            }
-            h.link()
-                .add(LinkVeth::new(host_if, &peer).build())
-                .execute()
-                .await?;
-            let peer_idx = index_of(&h, &peer)
-                .await?
-                .ok_or_else(|| LinkError::Missing(peer.clone()))?;
+            // The peer is created inside the pod's namespace, already named eth0: moving a
+            // link between namespaces afterwards costs tens of milliseconds (the kernel waits
+            // for RCU grace periods), creating it there costs nothing extra.
             let nsfile = std::fs::File::open(ns)?;
             h.link()
-                .set(
-                    LinkUnspec::new_with_index(peer_idx)
-                        .setns_by_fd(nsfile.as_raw_fd())
-                        .build(),
-                )
+                .add(veth_into(host_if, "eth0", nsfile.as_raw_fd()))
                 .execute()
                 .await?;
         }
@@ -159,7 +163,8 @@ impl PodLinks for Kernel {
             )
             .execute()
             .await?;
-        // Inside the pod's namespace: name the peer eth0, address it, bring it and lo up, route.
+        // Inside the pod's namespace: eth0 (renamed, if an older netd made the pair), its
+        // address, eth0 and lo up, the default route.
         let peer = format!("{host_if}p");
         let inside = netns::run_in(ns, move || -> Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread()
