@@ -168,12 +168,13 @@ impl Ctx {
         bound: &mut HashMap<String, (i64, i64, std::time::Instant)>,
     ) -> Option<String> {
         let (cpu, mem) = requests(pod);
+        let this = pod.metadata.uid.clone().unwrap_or_default();
         let (mut used_cpu, mut used_mem, mut count) = (0, 0, 0);
         let mut counted = HashSet::new();
         for p in self.pods.state() {
             let uid = p.metadata.uid.clone().unwrap_or_default();
             let on_node = p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(&self.node);
-            if !on_node || uid == pod.metadata.uid.clone().unwrap_or_default() {
+            if !on_node || uid == this {
                 continue;
             }
             // The cache shows it bound: the ledger entry is no longer needed.
@@ -190,7 +191,7 @@ impl Ctx {
         // Entries the cache never showed bound (deleted at once) expire.
         bound.retain(|_, (_, _, at)| at.elapsed() < Duration::from_secs(60));
         for (uid, (c, m, _)) in bound.iter() {
-            if !counted.contains(uid) && Some(uid) != pod.metadata.uid.as_ref() {
+            if !counted.contains(uid) && *uid != this {
                 used_cpu += c;
                 used_mem += m;
                 count += 1;
