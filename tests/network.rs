@@ -300,14 +300,22 @@ fn pod_create_delete_cycles_leave_nothing_behind() {
     let out = std::process::Command::new("nsenter")
         .args(["-t", &up, "-m", "--", "sh", "-c"])
         .arg(format!(
-            "ls {0} | wc -l; grep -c {0} /proc/self/mountinfo || true",
-            c.data.join("run/netns").display()
+            "ls {0} | wc -l; grep -c {1} /proc/self/mountinfo || true; ls {2} | wc -l",
+            c.data.join("run/netns").display(),
+            c.data.display(),
+            c.data.join("kubelet/pods").display()
         ))
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     let nums: Vec<&str> = text.split_whitespace().collect();
-    assert_eq!(nums, vec!["0", "0"], "namespaces or mounts left: {text}");
+    // No network namespace, no mount under the data dir (pod namespaces, container roots), no
+    // pod directory.
+    assert_eq!(
+        nums,
+        vec!["0", "0", "0"],
+        "namespaces, mounts or pod directories left: {text}"
+    );
     let ipam: Value =
         serde_json::from_slice(&std::fs::read(c.data.join("netd/ipam.json")).unwrap()).unwrap();
     assert_eq!(

@@ -91,15 +91,6 @@ pub fn requests(pod: &Pod) -> (i64, i64) {
 }
 
 /// Whether `path` is a mount point (a pod network namespace netd has pinned).
-fn is_mounted(path: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let p = path.to_string_lossy();
-    info.lines()
-        .any(|l| l.split_whitespace().nth(4) == Some(&*p))
-}
-
 fn finished(pod: &Pod) -> bool {
     matches!(
         pod.status.as_ref().and_then(|s| s.phase.as_deref()),
@@ -359,6 +350,7 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         // Removal may wait for the last processes to leave: not on the runtime's threads.
         let cg = format!("{}/{uid}", ctx.cgroup_cluster);
         let _ = tokio::task::spawn_blocking(move || crate::cgroup::remove_pod(&cg)).await;
+        crate::sandbox::release(&ctx.pod_dir(&uid));
         let _ = std::fs::remove_dir_all(ctx.pod_dir(&uid));
         patch_finalizers(
             &api,
@@ -447,7 +439,7 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         return Ok(Action::await_change());
     };
     let netns = ctx.netns_dir.join(&uid);
-    if !running && !is_mounted(&netns) {
+    if !running && !crate::sandbox::is_mounted(&netns) {
         // The address in the status may be from before a restart: wait for netd's namespace.
         return Ok(Action::requeue(Duration::from_millis(100)));
     }

@@ -86,8 +86,10 @@ pub fn target(pod_dir: &Path, container: &str) -> Result<(u32, Vec<(String, Stri
     if cs.state != "running" {
         return Err(format!("container {container} is not running"));
     }
-    let pid = shim::container_pid(cs.pid)
-        .ok_or_else(|| format!("container {container} has no process"))?;
+    if cs.pid == 0 {
+        return Err(format!("container {container} has no process"));
+    }
+    let pid = cs.pid;
     let plan: PodPlan = serde_json::from_slice(
         &std::fs::read(shim::plan_path(pod_dir)).map_err(|e| e.to_string())?,
     )

@@ -1,7 +1,7 @@
-//! Container init: runs in a new mount namespace, in the pod's network, UTS and IPC namespaces
-//! (held by the pod's pause process, [`pause`]), as PID 1 of a fresh PID namespace — or in the
-//! pod's shared PID namespace with `shareProcessNamespace` (entered by `nsenter`/`unshare`
-//! before it runs).
+//! Container init: started by the shim in the pod's network, UTS and IPC namespaces (see
+//! [`crate::sandbox`]) as PID 1 of a fresh PID namespace — or in the pod's shared PID namespace
+//! with `shareProcessNamespace`, whose PID 1 is the [`pause`] process — it makes a mount
+//! namespace of its own.
 //! It builds the container's root — a copy-on-write overlay over the host root (or the image
 //! directory), fresh /proc, /dev, /sys (read-only) and /tmp, the pod's own /etc/hosts,
 //! /etc/resolv.conf and /etc/hostname, the cluster's data directory masked — pivots into it,
@@ -274,6 +274,8 @@ pub fn run(cfg: &InitConfig) -> Result<()> {
     for f in &cfg.cgroup_procs {
         std::fs::write(f, "0").with_context(|| format!("joining {f}"))?;
     }
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .context("creating the container's mount namespace")?;
     // Nothing we mount may leak back to the host.
     mount(
         none(),

@@ -239,6 +239,7 @@ async fn run(
             ctx.cgroup_cluster,
             d.file_name().to_string_lossy()
         ));
+        skiff_kubelet::sandbox::release(&d.path());
         let _ = std::fs::remove_dir_all(d.path());
     }
     skiff_kubelet::cgroup::sweep(&ctx.cgroup_cluster);

@@ -107,33 +107,40 @@ pub fn notify(socket: &str, uid: &str) {
 struct Shared {
     dir: PathBuf,
     state: Mutex<PodState>,
-    /// The pause process whose UTS and IPC (and, when shared, PID) namespaces containers join.
-    sandbox_pid: u32,
+    /// The pod's namespaces, which containers join (see [`crate::sandbox`]).
+    ns: crate::sandbox::Namespaces,
     /// Where to tell the kubelet that the state changed (see [`notify`]).
     notify: String,
     uid: String,
 }
 
-/// The pod sandbox: a pause process in the pod's network namespace holding its UTS and IPC
-/// namespaces, and its PID namespace when the containers share one. Returns the holder
-/// (a child of the shim) and the PID of the pause process itself.
-async fn start_sandbox(plan: &PodPlan, dir: &Path) -> Result<(tokio::process::Child, u32)> {
-    let mut cmd = tokio::process::Command::new("nsenter");
-    cmd.arg(format!("--net={}", plan.netns))
-        .args(["--", "unshare", "--uts", "--ipc"]);
-    if plan.share_process_namespace {
-        cmd.args(["--pid", "--fork", "--kill-child"]);
+/// The pod sandbox: its UTS and IPC namespaces (bind-mounted in the pod's directory) and, with
+/// shareProcessNamespace, a pause process as PID 1 of the pod's PID namespace. Returns the
+/// namespaces and the pause process, if any.
+async fn start_sandbox(
+    plan: &PodPlan,
+    dir: &Path,
+) -> Result<(crate::sandbox::Namespaces, Option<tokio::process::Child>)> {
+    use crate::sandbox;
+    sandbox::create(dir, &plan.hostname)?;
+    let mut ns = sandbox::Namespaces {
+        net: PathBuf::from(&plan.netns),
+        uts: sandbox::ns_path(dir, "uts"),
+        ipc: sandbox::ns_path(dir, "ipc"),
+        pid: None,
+    };
+    if !plan.share_process_namespace {
+        return Ok((ns, None));
     }
-    cmd.arg("--")
-        .arg(kubelet_exe())
-        .args(["pause", "--hostname", &plan.hostname, "--pod-dir"])
+    let mut cmd = tokio::process::Command::new(kubelet_exe());
+    cmd.args(["pause", "--hostname", &plan.hostname, "--pod-dir"])
         .arg(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true);
-    let mut child = cmd.spawn().context("starting the pod sandbox")?;
-    let holder = child.id().unwrap_or(0);
+    let mut child = sandbox::spawn_in(&ns, cmd).context("starting the pod sandbox")?;
+    let pause = child.id().context("the pod sandbox has no process")?;
     let out = child.stdout.take().context("pod sandbox output")?;
     let mut lines = BufReader::new(out).lines();
     let ready = tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await;
@@ -142,12 +149,8 @@ async fn start_sandbox(plan: &PodPlan, dir: &Path) -> Result<(tokio::process::Ch
     }
     // Keep the pipe open: the pause process never writes again.
     std::mem::forget(lines);
-    let pause = if plan.share_process_namespace {
-        container_pid(holder).context("the pod sandbox has no process")?
-    } else {
-        holder
-    };
-    Ok((child, pause))
+    ns.pid = Some(PathBuf::from(format!("/proc/{pause}/ns/pid")));
+    Ok((ns, Some(child)))
 }
 
 impl Shared {
@@ -195,25 +198,6 @@ fn kubelet_exe() -> PathBuf {
     std::env::current_exe().unwrap_or_else(|_| PathBuf::from("skiff-kubelet"))
 }
 
-/// The host PID of the container's PID 1: the child of the `unshare` process.
-pub fn container_pid(unshare_pid: u32) -> Option<u32> {
-    for e in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            let ppid = stat
-                .rsplit_once(')')
-                .and_then(|(_, r)| r.split_whitespace().nth(1))
-                .and_then(|p| p.parse::<u32>().ok());
-            if ppid == Some(unshare_pid) {
-                return Some(pid);
-            }
-        }
-    }
-    None
-}
-
 fn shared_dir_state(s: &Arc<Shared>) -> Arc<Shared> {
     s.clone()
 }
@@ -225,7 +209,7 @@ async fn probe_loop(
     pod_ip: String,
     c: ContainerPlan,
     shared: Arc<Shared>,
-    unshare_pid: u32,
+    pid: u32,
     kill_tx: tokio::sync::mpsc::Sender<String>,
 ) {
     use crate::probe::{run, Target, Tracker, Verdict};
@@ -285,17 +269,14 @@ async fn probe_loop(
             r.is_ok()
         }
     };
-    let mut target = Target {
+    let target = Target {
         pod_ip,
         ports: c.ports.clone(),
-        pid: None,
+        pid: Some(pid),
         env: c.env.clone(),
     };
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        if target.pid.is_none() {
-            target.pid = container_pid(unshare_pid);
-        }
         let now = tokio::time::Instant::now();
         let due = |slot: &mut Option<(
             k8s_openapi::api::core::v1::Probe,
@@ -411,30 +392,16 @@ async fn run_once(
         .await?;
     let log = Arc::new(Mutex::new(log));
     // The container joins the pod's network, UTS and IPC namespaces (and its PID namespace
-    // with shareProcessNamespace), and gets mount and PID namespaces of its own.
-    let sandbox = |ns: &str| format!("--{ns}=/proc/{}/ns/{ns}", shared.sandbox_pid);
-    let mut cmd = tokio::process::Command::new("nsenter");
-    cmd.arg(format!("--net={}", plan.netns))
-        .arg(sandbox("uts"))
-        .arg(sandbox("ipc"));
-    if plan.share_process_namespace {
-        cmd.arg(sandbox("pid"));
-    }
-    cmd.args(["--", "unshare", "--mount"]);
-    if !plan.share_process_namespace {
-        cmd.args(["--pid", "--fork", "--kill-child"]);
-    }
-    let mut child = cmd
-        .args(["--propagation", "private", "--"])
-        .arg(kubelet_exe())
-        .args(["init", "--config"])
+    // with shareProcessNamespace); its init is PID 1 of a PID namespace of its own otherwise,
+    // and makes its own mount namespace.
+    let mut cmd = tokio::process::Command::new(kubelet_exe());
+    cmd.args(["init", "--config"])
         .arg(&cfg_path)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting the container")?;
-    let unshare_pid = child.id().unwrap_or(0);
+        .stderr(Stdio::piped());
+    let mut child = crate::sandbox::spawn_in(&shared.ns, cmd).context("starting the container")?;
+    let pid = child.id().unwrap_or(0);
     let (started_tx, started_rx) = tokio::sync::oneshot::channel();
     let outs = [
         child
@@ -471,7 +438,7 @@ async fn run_once(
                     state: "running".into(),
                     started_at: started.clone(),
                     restart_count: restart,
-                    pid: unshare_pid,
+                    pid,
                     last_terminated: last,
                     ..Default::default()
                 };
@@ -486,7 +453,7 @@ async fn run_once(
             plan.pod_ip.clone(),
             c.clone(),
             shared_dir_state(shared),
-            unshare_pid,
+            pid,
             kill_tx,
         )))
     };
@@ -512,9 +479,8 @@ async fn run_once(
                 .and_then(|g| g.trim().parse::<i64>().ok())
                 .unwrap_or(plan.termination_grace_seconds);
             let deadline = tokio::time::Instant::now() + Duration::from_secs(grace_s.max(0) as u64);
-            let pid = container_pid(unshare_pid);
-            if let (Some(argv), Some(p)) = (&c.pre_stop_exec, pid) {
-                let mut hook = crate::exec::in_container(p, argv, &c.env);
+            if let (Some(argv), true) = (&c.pre_stop_exec, pid != 0) {
+                let mut hook = crate::exec::in_container(pid, argv, &c.env);
                 hook.stdin(Stdio::null())
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
@@ -527,16 +493,13 @@ async fn run_once(
                 )
                 .await;
             }
-            if let Some(p) = pid {
-                let _ = kill(Pid::from_raw(p as i32), Signal::SIGTERM);
+            if pid != 0 {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
             }
             match tokio::time::timeout_at(deadline, child.wait()).await {
                 Ok(s) => s?,
                 Err(_) => {
-                    if let Some(p) = container_pid(unshare_pid) {
-                        let _ = kill(Pid::from_raw(p as i32), Signal::SIGKILL);
-                    }
-                    let _ = kill(Pid::from_raw(unshare_pid as i32), Signal::SIGKILL);
+                    let _ = child.start_kill();
                     child.wait().await?
                 }
             }
@@ -682,11 +645,15 @@ pub async fn run(dir: &Path) -> Result<()> {
         initialized: plan.init_containers.is_empty(),
         stopped: false,
     };
-    let (mut sandbox, sandbox_pid) = start_sandbox(&plan, dir).await?;
+    // Joining a cgroup (the container init does, before it execs) waits for an RCU grace
+    // period unless another cgroup move happened just before; a no-op move started now, while
+    // the sandbox and the init are being set up, takes that wait off the start path.
+    std::thread::spawn(crate::cgroup::warm_up);
+    let (ns, mut pause) = start_sandbox(&plan, dir).await?;
     let shared = Arc::new(Shared {
         dir: dir.to_path_buf(),
         state: Mutex::new(PodState::default()),
-        sandbox_pid,
+        ns,
         notify: plan.notify.clone(),
         uid: plan.uid.clone(),
     });
@@ -731,10 +698,10 @@ pub async fn run(dir: &Path) -> Result<()> {
         }
     }
     // The sandbox goes last (with a PID namespace, its end takes any stray process along).
-    if sandbox_pid != sandbox.id().unwrap_or(0) {
-        let _ = kill(Pid::from_raw(sandbox_pid as i32), Signal::SIGKILL);
+    if let Some(p) = pause.as_mut() {
+        let _ = p.kill().await;
     }
-    let _ = sandbox.kill().await;
+    crate::sandbox::release(dir);
     shared.update(|st| st.stopped = true).await;
     crate::cgroup::remove_pod(&plan.cgroup_pod);
     let _ = std::fs::remove_file(pid_path(dir));

@@ -1,0 +1,112 @@
+//! The pod sandbox: the Linux namespaces a pod's containers share. The network namespace is
+//! netd's; the UTS namespace (hostname = pod name) and the IPC namespace are made here and
+//! kept alive by bind mounts in the pod's directory (as `ip netns` keeps network namespaces),
+//! so no process has to hold them. Only a shared PID namespace (`shareProcessNamespace`) needs
+//! a process: its PID 1, the pause process.
+//!
+//! Containers are started from a short-lived thread that has entered the pod's namespaces and
+//! unshared a PID namespace for its children: the process it spawns is the container's PID 1
+//! in the pod's namespaces, with no `nsenter`/`unshare` in between.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{setns, unshare, CloneFlags};
+
+/// Where the pod's UTS and IPC namespaces are bind-mounted.
+pub fn ns_path(pod_dir: &Path, ns: &str) -> PathBuf {
+    pod_dir.join("ns").join(ns)
+}
+
+/// The namespaces a container joins: the pod's network, UTS and IPC namespaces, and either a
+/// new PID namespace or the pod's shared one (the pause process's).
+#[derive(Debug, Clone)]
+pub struct Namespaces {
+    pub net: PathBuf,
+    pub uts: PathBuf,
+    pub ipc: PathBuf,
+    /// `/proc/<pause>/ns/pid` with shareProcessNamespace; `None` for a PID namespace of its own.
+    pub pid: Option<PathBuf>,
+}
+
+/// Creates the pod's UTS (with the hostname set) and IPC namespaces and bind-mounts them under
+/// `pod_dir/ns/`. Idempotent: namespaces already mounted are kept.
+pub fn create(pod_dir: &Path, hostname: &str) -> Result<()> {
+    let dir = pod_dir.join("ns");
+    std::fs::create_dir_all(&dir)?;
+    if is_mounted(&ns_path(pod_dir, "uts")) && is_mounted(&ns_path(pod_dir, "ipc")) {
+        return Ok(());
+    }
+    release(pod_dir);
+    let (pod_dir, hostname) = (pod_dir.to_path_buf(), hostname.to_string());
+    // Namespaces belong to threads: a fresh thread unshares them and ends, the mounts keep them.
+    std::thread::spawn(move || -> Result<()> {
+        unshare(CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC)
+            .context("creating the pod's UTS and IPC namespaces")?;
+        nix::unistd::sethostname(&hostname).context("setting the pod's hostname")?;
+        let tid = nix::unistd::gettid();
+        for ns in ["uts", "ipc"] {
+            let target = ns_path(&pod_dir, ns);
+            File::create(&target)?;
+            mount(
+                Some(&PathBuf::from(format!("/proc/self/task/{tid}/ns/{ns}"))),
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .with_context(|| format!("keeping the pod's {ns} namespace"))?;
+        }
+        Ok(())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the sandbox thread panicked"))?
+}
+
+/// Unmounts the pod's namespaces (they go away with their last process).
+pub fn release(pod_dir: &Path) {
+    for ns in ["uts", "ipc"] {
+        let p = ns_path(pod_dir, ns);
+        while umount2(&p, MntFlags::MNT_DETACH).is_ok() {}
+        let _ = std::fs::remove_file(&p);
+    }
+}
+
+pub fn is_mounted(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let p = path.to_string_lossy();
+    info.lines()
+        .any(|l| l.split_whitespace().nth(4) == Some(&*p))
+}
+
+/// Spawns `cmd` as a process in `ns`: from a thread of its own that enters the namespaces and
+/// (without a shared PID namespace) unshares a new one, so the child is its PID 1. The thread
+/// ends right after, so no other work ever runs in the pod's namespaces.
+pub fn spawn_in(
+    ns: &Namespaces,
+    mut cmd: tokio::process::Command,
+) -> Result<tokio::process::Child> {
+    let handle = tokio::runtime::Handle::current();
+    let ns = ns.clone();
+    std::thread::spawn(move || -> Result<tokio::process::Child> {
+        let open = |p: &Path| File::open(p).with_context(|| format!("opening {}", p.display()));
+        let (net, uts, ipc) = (open(&ns.net)?, open(&ns.uts)?, open(&ns.ipc)?);
+        setns(&net, CloneFlags::CLONE_NEWNET).context("joining the pod's network namespace")?;
+        setns(&uts, CloneFlags::CLONE_NEWUTS).context("joining the pod's UTS namespace")?;
+        setns(&ipc, CloneFlags::CLONE_NEWIPC).context("joining the pod's IPC namespace")?;
+        match &ns.pid {
+            Some(p) => setns(&open(p)?, CloneFlags::CLONE_NEWPID)
+                .context("joining the pod's PID namespace")?,
+            None => unshare(CloneFlags::CLONE_NEWPID).context("creating a PID namespace")?,
+        }
+        // The child's pipes and exit belong to the shim's runtime.
+        let _guard = handle.enter();
+        Ok(cmd.spawn()?)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the spawning thread panicked"))?
+}
