@@ -975,3 +975,86 @@ fn pod_sandbox_and_share_process_namespace() {
     assert_eq!(common::stdout(&o).trim(), "", "{}", common::stderr(&o));
     c.stop();
 }
+
+/// The host PID of a running container's PID 1, from the shim's state.
+fn container_pid(c: &Cluster, p: &Value, container: &str) -> i32 {
+    let uid = p["metadata"]["uid"].as_str().unwrap();
+    let st: Value = serde_json::from_slice(
+        &std::fs::read(c.data.join("kubelet/pods").join(uid).join("state.json")).unwrap(),
+    )
+    .unwrap();
+    st["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == container)
+        .and_then(|x| x["pid"].as_i64())
+        .unwrap() as i32
+}
+
+/// Resumes the stopped supervisor however the test ends.
+struct Resume(i32);
+impl Drop for Resume {
+    fn drop(&mut self) {
+        use nix::sys::signal::{kill, Signal};
+        let _ = kill(nix::unistd::Pid::from_raw(self.0), Signal::SIGCONT);
+    }
+}
+
+#[test]
+fn status_catches_up_after_an_apiserver_outage() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    if !can_run("status_catches_up_after_an_apiserver_outage") {
+        return;
+    }
+    let c = Cluster::start("outage");
+    create(
+        &c,
+        json!({"metadata": {"name": "once"}, "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 0, "containers": [{"name": "c", "command": ["sleep", "300"]}]}}),
+    );
+    create(
+        &c,
+        json!({"metadata": {"name": "always"}, "spec": {"terminationGracePeriodSeconds": 0, "containers": [{"name": "c", "command": ["sleep", "300"]}]}}),
+    );
+    let once = wait_for(&c, "once", "Running", |p| phase(p) == "Running");
+    let always = wait_for(&c, "always", "Running", |p| phase(p) == "Running");
+    let (once_pid, always_pid) = (
+        container_pid(&c, &once, "c"),
+        container_pid(&c, &always, "c"),
+    );
+
+    // The apiserver goes down and stays down (its supervisor is stopped) while the
+    // containers change: one ends for good, the other is restarted by the kubelet.
+    let up = c.up_pid().unwrap();
+    kill(Pid::from_raw(up), Signal::SIGSTOP).unwrap();
+    let resume = Resume(up);
+    let api = c.pid_of("apiserver").unwrap();
+    kill(Pid::from_raw(api), Signal::SIGKILL).unwrap();
+    kill(Pid::from_raw(once_pid), Signal::SIGKILL).unwrap();
+    kill(Pid::from_raw(always_pid), Signal::SIGKILL).unwrap();
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(!c.api_ok(), "the apiserver should still be down");
+    drop(resume);
+
+    // Back up: the status reports what happened meanwhile.
+    let once = wait_for(&c, "once", "Failed with exit code 137", |p| {
+        phase(p) == "Failed"
+            && p["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 137
+    });
+    assert_eq!(
+        once["status"]["containerStatuses"][0]["state"]["terminated"]["reason"], "Error",
+        "{once}"
+    );
+    let always = wait_for(&c, "always", "restarted and Running", |p| {
+        phase(p) == "Running"
+            && p["status"]["containerStatuses"][0]["restartCount"] == 1
+            && p["status"]["containerStatuses"][0]["state"]["running"].is_object()
+    });
+    assert_eq!(
+        always["status"]["containerStatuses"][0]["lastState"]["terminated"]["exitCode"], 137,
+        "{always}"
+    );
+    assert_ne!(container_pid(&c, &always, "c"), always_pid);
+    c.stop();
+}

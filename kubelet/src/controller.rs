@@ -310,6 +310,7 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let node = spec.node_name.clone().unwrap_or_default();
     let fins: Vec<String> = pod.metadata.finalizers.clone().unwrap_or_default();
     let ours = fins.iter().any(|f| f == FINALIZER);
+    tracing::debug!(pod = %name, "reconcile");
 
     if pod.metadata.deletion_timestamp.is_some() {
         if !ours {
@@ -389,6 +390,7 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             return Ok(Action::requeue(Duration::from_secs(2)));
         }
         let patch = json!({"metadata": {"resourceVersion": pod.metadata.resource_version}, "spec": {"nodeName": ctx.node}});
+        tracing::debug!(pod = %name, "binding");
         let res = api
             .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
             .await;
@@ -463,6 +465,7 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         plan.notify = ctx.notify.clone();
         std::fs::write(shim::plan_path(&dir), serde_json::to_vec_pretty(&plan)?)?;
         let _ = std::fs::remove_file(shim::state_path(&dir));
+        tracing::debug!(pod = %name, "starting the shim");
         spawn_shim(&dir)?;
         // The shim notifies on every state change; the requeue is only a fallback.
         return Ok(Action::requeue(Duration::from_secs(1)));
@@ -550,6 +553,7 @@ async fn sync_status(
             }
         }
         let name = pod.metadata.name.clone().unwrap_or_default();
+        tracing::debug!(pod = %name, "status patch");
         match api
             .patch_status(
                 &name,

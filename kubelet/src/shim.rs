@@ -154,7 +154,14 @@ async fn start_sandbox(
 }
 
 impl Shared {
+    /// Changes the recorded state and tells the kubelet.
     async fn update(&self, f: impl FnOnce(&mut PodState)) {
+        self.record(f).await;
+        notify(&self.notify, &self.uid);
+    }
+
+    /// Changes the recorded state without telling the kubelet (it reads it at its next look).
+    async fn record(&self, f: impl FnOnce(&mut PodState)) {
         let mut st = self.state.lock().await;
         f(&mut st);
         let tmp = self.dir.join("state.json.tmp");
@@ -163,8 +170,6 @@ impl Shared {
                 let _ = std::fs::rename(&tmp, state_path(&self.dir));
             }
         }
-        drop(st);
-        notify(&self.notify, &self.uid);
     }
 }
 
@@ -647,7 +652,16 @@ pub async fn run(dir: &Path) -> Result<()> {
     };
     // Joining a cgroup (the container init does, before it execs) waits for an RCU grace
     // period unless another cgroup move happened just before; a no-op move started now, while
-    // the sandbox and the init are being set up, takes that wait off the start path.
+    // the sandbox and the init are being set up, takes that wait off the start path. The
+    // first runs' cgroups are made before it: making a cgroup waits while a move is pending.
+    for c in plan.init_containers.iter().chain(&plan.containers) {
+        let _ = crate::cgroup::Cgroup::create(
+            &plan.cgroup_pod,
+            &format!("{}-0", c.name),
+            c.memory_limit,
+            c.cpu_limit_millis,
+        );
+    }
     std::thread::spawn(crate::cgroup::warm_up);
     let (ns, mut pause) = start_sandbox(&plan, dir).await?;
     let shared = Arc::new(Shared {
@@ -657,7 +671,9 @@ pub async fn run(dir: &Path) -> Result<()> {
         notify: plan.notify.clone(),
         uid: plan.uid.clone(),
     });
-    shared.update(|st| *st = initial).await;
+    // Not announced: containers usually start within milliseconds, and their start is (a
+    // waiting state reaches the API at the kubelet's next look otherwise).
+    shared.record(|st| *st = initial).await;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let work = {
@@ -669,7 +685,9 @@ pub async fn run(dir: &Path) -> Result<()> {
                     return;
                 }
             }
-            shared.update(|st| st.initialized = true).await;
+            if !plan.init_containers.is_empty() {
+                shared.update(|st| st.initialized = true).await;
+            }
             let tasks: Vec<_> = plan
                 .containers
                 .clone()

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -54,7 +54,14 @@ pub struct Ctx<L: PodLinks> {
     pub policies: Store<NetworkPolicy>,
     /// Per pod UID, what policy last saw of it (labels, ports, address).
     pub seen: Mutex<HashMap<String, String>>,
+    /// Per pod UID, the address and when its kernel state was last checked: every status
+    /// change of a pod reconciles it again, and the netlink round trips of a full check are not
+    /// needed for each (a check older than [`RECHECK`] is redone; a restart starts empty).
+    pub verified: Mutex<HashMap<String, (Ipv4Addr, Instant)>>,
 }
+
+/// How long a pod's verified network is trusted before the next reconcile checks it again.
+pub const RECHECK: Duration = Duration::from_secs(60);
 
 pub fn host_if(uid: &str) -> String {
     let hex: String = uid
@@ -93,6 +100,11 @@ impl<L: PodLinks> Ctx<L> {
 
     /// Sets up (idempotently) the network of the pod with this UID; returns its address.
     pub async fn ensure(&self, uid: &str) -> Result<Ipv4Addr, Error> {
+        if let Some((ip, at)) = self.verified().get(uid) {
+            if at.elapsed() < RECHECK {
+                return Ok(*ip);
+            }
+        }
         let ip = self.ipam().allocate(uid)?;
         let (gw, prefix) = {
             let i = self.ipam();
@@ -103,11 +115,18 @@ impl<L: PodLinks> Ctx<L> {
         self.links
             .attach(&self.bridge, &host_if(uid), &path, ip, prefix, gw)
             .await?;
+        self.verified()
+            .insert(uid.to_string(), (ip, Instant::now()));
         Ok(ip)
+    }
+
+    fn verified(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Ipv4Addr, Instant)>> {
+        self.verified.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Removes everything the pod with this UID had: veth, namespace, address.
     pub async fn teardown(&self, uid: &str) -> Result<(), Error> {
+        self.verified().remove(uid);
         self.links.detach(&host_if(uid)).await?;
         netns::delete(&self.netns_path(uid))?;
         self.ipam().release(uid)?;

@@ -97,6 +97,7 @@ async fn main() -> Result<()> {
         policy: trigger.clone(),
         policies: policies.clone(),
         seen: Mutex::new(Default::default()),
+        verified: Mutex::new(Default::default()),
     });
 
     // Restart safety: drop whatever no existing pod explains before reconciling.
