@@ -823,14 +823,64 @@ pub async fn delete(
 
 /// `exec` over the WebSocket channel protocol (v5): stdin on channel 0 (closed with 255),
 /// stdout/stderr on 1/2, the exit status on 3. Returns the command's exit code.
+/// What `skiff exec` asks for.
+pub struct ExecOptions<'a> {
+    pub container: Option<&'a str>,
+    pub stdin: bool,
+    /// A terminal for the command; only when stdin is a terminal (as kubectl decides).
+    pub tty: bool,
+}
+
+/// The local terminal in raw mode while a `-t` session runs; restored when dropped.
+struct RawTerminal(rustix::termios::Termios);
+
+impl RawTerminal {
+    fn enter() -> Option<Self> {
+        use rustix::termios::{tcgetattr, tcsetattr, OptionalActions};
+        let stdin = std::io::stdin();
+        let saved = tcgetattr(&stdin).ok()?;
+        let mut raw = saved.clone();
+        raw.make_raw();
+        tcsetattr(&stdin, OptionalActions::Now, &raw).ok()?;
+        Some(Self(saved))
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        let _ = rustix::termios::tcsetattr(
+            std::io::stdin(),
+            rustix::termios::OptionalActions::Now,
+            &self.0,
+        );
+    }
+}
+
+/// The resize message (channel 4) for the local terminal's current size.
+fn resize_message() -> Option<Vec<u8>> {
+    let ws = rustix::termios::tcgetwinsize(std::io::stdout()).ok()?;
+    let mut m = vec![4u8];
+    m.extend_from_slice(
+        serde_json::json!({"Width": ws.ws_col, "Height": ws.ws_row})
+            .to_string()
+            .as_bytes(),
+    );
+    Some(m)
+}
+
 pub async fn exec(
     c: &ApiClient,
     ns: &str,
     pod: &str,
-    container: Option<&str>,
-    stdin: bool,
+    opts: ExecOptions<'_>,
     command: &[String],
 ) -> Result<u8> {
+    let ExecOptions {
+        container,
+        stdin,
+        tty,
+    } = opts;
+    let tty = tty && rustix::termios::isatty(std::io::stdin());
     use futures::{SinkExt, StreamExt};
     use std::io::Write;
     use tokio::io::AsyncReadExt;
@@ -842,7 +892,9 @@ pub async fn exec(
         .collect();
     q.push(format!("stdin={stdin}"));
     q.push("stdout=true".into());
-    q.push("stderr=true".into());
+    // On a terminal the command's output is one stream.
+    q.push(format!("stderr={}", !tty));
+    q.push(format!("tty={tty}"));
     if let Some(cn) = container {
         q.push(format!("container={}", encode(cn)));
     }
@@ -874,7 +926,36 @@ pub async fn exec(
         Err(e) => return Err(e.into()),
     };
     let (mut tx, mut rx) = ws.split();
+    let _raw = if tty { RawTerminal::enter() } else { None };
+    if tty {
+        if let Some(m) = resize_message() {
+            tx.send(Message::Binary(m.into())).await?;
+        }
+    }
+    let tx = std::sync::Arc::new(tokio::sync::Mutex::new(tx));
+    if tty {
+        // Window size changes follow the local terminal.
+        let tx = tx.clone();
+        let mut winch =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())?;
+        tokio::spawn(async move {
+            while winch.recv().await.is_some() {
+                if let Some(m) = resize_message() {
+                    if tx
+                        .lock()
+                        .await
+                        .send(Message::Binary(m.into()))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        });
+    }
     if stdin {
+        let tx = tx.clone();
         tokio::spawn(async move {
             let mut input = tokio::io::stdin();
             let mut buf = vec![0u8; 32 * 1024];
@@ -884,13 +965,23 @@ pub async fn exec(
                     Ok(n) => {
                         let mut m = vec![0u8];
                         m.extend_from_slice(&buf[..n]);
-                        if tx.send(Message::Binary(m.into())).await.is_err() {
+                        if tx
+                            .lock()
+                            .await
+                            .send(Message::Binary(m.into()))
+                            .await
+                            .is_err()
+                        {
                             return;
                         }
                     }
                 }
             }
-            let _ = tx.send(Message::Binary(vec![255u8, 0].into())).await;
+            let _ = tx
+                .lock()
+                .await
+                .send(Message::Binary(vec![255u8, 0].into()))
+                .await;
         });
     }
     let mut code = 0u8;

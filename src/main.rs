@@ -137,7 +137,7 @@ enum Cmd {
         /// Pass stdin to the command.
         #[arg(short = 'i', long)]
         stdin: bool,
-        /// Accepted for kubectl compatibility; no terminal is allocated.
+        /// Allocate a terminal for the command (when stdin is one).
         #[arg(short = 't', long)]
         tty: bool,
         #[command(flatten)]
@@ -285,7 +285,7 @@ async fn run(cli: Cli) -> Result<u8> {
             pod,
             container,
             stdin,
-            tty: _,
+            tty,
             scope,
             command,
         } => {
@@ -298,7 +298,12 @@ async fn run(cli: Cli) -> Result<u8> {
                 .strip_prefix("pod/")
                 .or_else(|| pod.strip_prefix("pods/"))
                 .unwrap_or(pod);
-            commands::exec(&c, &ns, name, container.as_deref(), *stdin, command).await
+            let opts = commands::ExecOptions {
+                container: container.as_deref(),
+                stdin: *stdin,
+                tty: *tty,
+            };
+            commands::exec(&c, &ns, name, opts, command).await
         }
         Cmd::Wait {
             args,

@@ -68,6 +68,38 @@ fn wait_event(c: &Cluster, pod: &str, want: &str) -> Vec<Value> {
     }
 }
 
+/// kubectl run on a terminal of util-linux `script` (30 rows, 100 columns), inside the
+/// cluster's network namespace, with `input` typed into it.
+fn kubectl_tty(c: &Cluster, args: &str, input: &str) -> std::process::Output {
+    let line = format!(
+        "kubectl --kubeconfig {} --cache-dir {} {args}",
+        c.kubeconfig().display(),
+        c.dir.join("kube-cache").display()
+    );
+    on_terminal(c, &line, input)
+}
+
+/// A shell command line run on a terminal of util-linux `script` (30 rows, 100 columns).
+fn on_terminal(c: &Cluster, line: &str, input: &str) -> std::process::Output {
+    use std::io::Write;
+    let line = format!("stty rows 30 cols 100; {line}");
+    let mut child = c
+        .netns_cmd("script")
+        .args(["-qec", &line, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // Typed after the session is up, as a person would.
+    std::thread::sleep(Duration::from_millis(1500));
+    stdin.write_all(input.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    drop(stdin);
+    child.wait_with_output().unwrap()
+}
+
 fn phase(p: &Value) -> &str {
     p["status"]["phase"].as_str().unwrap_or("")
 }
@@ -733,6 +765,35 @@ fn exec_and_pods_coming_back_after_a_restart() {
             "{}",
             common::stderr(&o)
         );
+        // exec -t: kubectl on a terminal (util-linux `script` gives it one, 30x100) gets a
+        // terminal in the container, named inside it, with kubectl's window size; typed input
+        // reaches an interactive shell and the exit code comes back.
+        let o = kubectl_tty(
+            &c,
+            "exec -it box -- sh -c 'tty; stty size; [ -t 0 ] && echo interactive; exit 5'",
+            "",
+        );
+        let out = common::stdout(&o);
+        assert_eq!(
+            o.status.code(),
+            Some(5),
+            "{out}
+{}",
+            common::stderr(&o)
+        );
+        assert!(out.contains("/dev/pts/0"), "{out}");
+        assert!(out.contains("30 100"), "{out}");
+        assert!(out.contains("interactive"), "{out}");
+        let o = kubectl_tty(&c, "exec -it box -- sh", "echo typed-$((6*7))\nexit 7\n");
+        let out = common::stdout(&o);
+        assert_eq!(
+            o.status.code(),
+            Some(7),
+            "{out}
+{}",
+            common::stderr(&o)
+        );
+        assert!(out.contains("typed-42"), "{out}");
     }
     // A restart of the whole cluster: the pod comes back, with the same address.
     c.restart();

@@ -225,9 +225,12 @@ impl Server {
             .filter(|(k, _)| k == "command")
             .map(|(_, v)| v.clone())
             .collect();
-        let stdin = pairs
-            .iter()
-            .any(|(k, v)| k == "stdin" && (v == "true" || v == "1"));
+        let flag = |name: &str| {
+            pairs
+                .iter()
+                .any(|(k, v)| k == name && (v == "true" || v == "1"))
+        };
+        let (stdin, tty) = (flag("stdin"), flag("tty"));
         let uid = pairs
             .iter()
             .find(|(k, _)| k == "uid")
@@ -237,7 +240,8 @@ impl Server {
         let on_upgrade = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
             if let Ok(up) = on_upgrade.await {
-                crate::exec::session(TokioIo::new(up), target, argv, stdin).await;
+                let req = crate::exec::Request { argv, stdin, tty };
+                crate::exec::session(TokioIo::new(up), target, req).await;
             }
         });
         let mut r = Response::new(Full::new(Bytes::new()).boxed());

@@ -45,7 +45,7 @@ pub fn have_kubectl(test: &str) -> bool {
     false
 }
 
-fn bin(name: &str) -> PathBuf {
+pub fn bin(name: &str) -> PathBuf {
     let skiff = PathBuf::from(env!("CARGO_BIN_EXE_skiff"));
     if name == "skiff" {
         return skiff;
