@@ -54,7 +54,9 @@ fn rss(needle: &str) -> HashMap<String, f64> {
             .unwrap_or("")
             .to_string();
         let key = if cmd.contains(" shim ") {
-            "skiff-kubelet shim (all)".to_string()
+            format!("{prog} shim (all)")
+        } else if cmd.contains(" pause ") {
+            format!("{prog} pause (all)")
         } else if prog == "skiff-kubelet" {
             "skiff-kubelet".into()
         } else {
@@ -325,7 +327,12 @@ fn main() {
         .args(["-n", &ns, "link", "set", "lo", "up"])
         .status()
         .unwrap();
-    for b in ["skiff-apiserver", "skiff-kubelet", "skiff-netd"] {
+    for b in [
+        "skiff-apiserver",
+        "skiff-kubelet",
+        "skiff-netd",
+        "skiff-pod",
+    ] {
         assert!(
             exe.with_file_name(b).exists(),
             "{b} is not built: run `cargo build --release --workspace` first"
