@@ -1119,3 +1119,85 @@ fn status_catches_up_after_an_apiserver_outage() {
     assert_ne!(container_pid(&c, &always, "c"), always_pid);
     c.stop();
 }
+
+#[test]
+fn host_network_pods() {
+    if !can_run("host_network_pods") {
+        return;
+    }
+    let c = Cluster::start("hostnet");
+    let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_lowercase();
+    create(
+        &c,
+        json!({"metadata": {"name": "hn"}, "spec": {"hostNetwork": true, "terminationGracePeriodSeconds": 0, "containers": [{"name": "web", "command": ["python3", "-m", "http.server", "18081", "--bind", "0.0.0.0"], "readinessProbe": {"tcpSocket": {"port": 18081}, "periodSeconds": 1}}]}}),
+    );
+    let p = wait_for(&c, "hn", "Ready", |p| {
+        p["status"]["conditions"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|x| x["type"] == "Ready" && x["status"] == "True")
+        })
+    });
+    // The host's address, its network (a server there is the host's), its hostname.
+    assert_eq!(p["status"]["podIP"], p["status"]["hostIP"], "{p}");
+    assert_eq!(p["status"]["podIPs"][0]["ip"], p["status"]["hostIP"], "{p}");
+    let out = c
+        .netns_cmd("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "3",
+        ])
+        .arg("http://127.0.0.1:18081/")
+        .output()
+        .unwrap();
+    assert_eq!(common::stdout(&out), "200");
+    let o = c.skiff(&["exec", "hn", "--", "hostname"]);
+    assert_eq!(
+        common::stdout(&o).trim(),
+        host_name,
+        "{}",
+        common::stderr(&o)
+    );
+    // Nothing of netd's: no namespace, no veth for it.
+    let uid = p["metadata"]["uid"].as_str().unwrap();
+    assert!(!c.data.join("run/netns").join(uid).exists());
+    assert_eq!(
+        c.curl(
+            "DELETE",
+            "/api/v1/namespaces/default/pods/hn",
+            None,
+            "application/json"
+        )
+        .0,
+        200
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c
+        .curl(
+            "GET",
+            "/api/v1/namespaces/default/pods/hn",
+            None,
+            "application/json",
+        )
+        .0
+        != 404
+    {
+        assert!(Instant::now() < deadline, "hn was not deleted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap()
+            .trim()
+            .to_lowercase(),
+        host_name
+    );
+    c.stop();
+}

@@ -440,12 +440,18 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         }
         return Ok(Action::await_change());
     }
-    let Some(pod_ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) else {
+    let host_network = spec.host_network == Some(true);
+    let pod_ip = if host_network {
+        Some(ctx.host_ip.clone())
+    } else {
+        pod.status.as_ref().and_then(|s| s.pod_ip.clone())
+    };
+    let Some(pod_ip) = pod_ip else {
         // netd's status write (the address) is a change this controller sees at once.
         return Ok(Action::await_change());
     };
     let netns = ctx.netns_dir.join(&uid);
-    if !running && !crate::sandbox::is_mounted(&netns) {
+    if !running && !host_network && !crate::sandbox::is_mounted(&netns) {
         // The address in the status may be from before a restart: wait for netd's namespace.
         return Ok(Action::requeue(Duration::from_millis(100)));
     }
@@ -458,12 +464,12 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             ..ctx.facts.clone()
         };
         let log_dir = ctx.logs_dir.join(format!("{ns}_{name}_{uid}"));
-        let mut plan = pod_plan(
-            &pod,
-            &ctx.netns_dir.join(&uid).display().to_string(),
-            &log_dir.display().to_string(),
-            &facts,
-        );
+        let netns = if host_network {
+            String::new()
+        } else {
+            netns.display().to_string()
+        };
+        let mut plan = pod_plan(&pod, &netns, &log_dir.display().to_string(), &facts);
         plan.masked = ctx.masked.clone();
         plan.cgroup_pod = format!("{}/{uid}", ctx.cgroup_cluster);
         plan.notify = ctx.notify.clone();

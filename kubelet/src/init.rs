@@ -37,6 +37,9 @@ pub struct InitConfig {
     /// Privileged containers keep every capability; others get the default set.
     #[serde(default)]
     pub privileged: bool,
+    /// In the node's UTS namespace (`hostNetwork`): the hostname is the node's, not set here.
+    #[serde(default)]
+    pub host_uts: bool,
 }
 
 /// The capabilities a container gets by default, as containerd grants them.
@@ -252,8 +255,11 @@ pub const STARTED_MARKER: &str = "\u{1}skiff:started";
 /// when the containers share one (`shareProcessNamespace`).
 pub fn pause(hostname: &str) -> ! {
     use std::io::Write;
-    if let Err(e) = nix::unistd::sethostname(hostname) {
-        eprintln!("skiff pause: setting the hostname: {e}");
+    // Empty: the pod is in the node's UTS namespace, whose hostname is not ours to set.
+    if !hostname.is_empty() {
+        if let Err(e) = nix::unistd::sethostname(hostname) {
+            eprintln!("skiff pause: setting the hostname: {e}");
+        }
     }
     let mut out = std::io::stdout();
     let _ = writeln!(out, "ready");
@@ -285,7 +291,9 @@ pub fn run(cfg: &InitConfig) -> Result<()> {
         none(),
     )?;
     let root = build_root(cfg)?;
-    nix::unistd::sethostname(&cfg.hostname)?;
+    if !cfg.host_uts {
+        nix::unistd::sethostname(&cfg.hostname)?;
+    }
     pivot(&root)?;
     let wd = if cfg.working_dir.is_empty() {
         "/".to_string()

@@ -129,6 +129,8 @@ async fn run(
             .map(|i| i.to_string())
             .unwrap_or_default(),
         host_resolv_conf: std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        host_hostname: hostname(),
+        host_hosts: std::fs::read_to_string("/etc/hosts").unwrap_or_default(),
         ..Default::default()
     };
     let controller = Controller::new(Api::<Pod>::all(client.clone()), watcher::Config::default());

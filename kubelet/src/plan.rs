@@ -25,6 +25,9 @@ pub struct PodPlan {
     pub resolv_conf: String,
     pub log_dir: String,
     pub share_process_namespace: bool,
+    /// On the host's network (and UTS) namespace: `hostNetwork: true`.
+    #[serde(default)]
+    pub host_network: bool,
     /// Host paths hidden from the containers (the cluster's data directory).
     pub masked: Vec<String>,
     /// `<cluster>/<uid>`: where under the `skiff` cgroup this pod's containers go.
@@ -74,6 +77,9 @@ pub struct Facts {
     pub cluster_domain: String,
     pub dns_ip: String,
     pub host_resolv_conf: String,
+    /// The node's hostname and /etc/hosts, which pods on the host's network get.
+    pub host_hostname: String,
+    pub host_hosts: String,
 }
 
 /// Kubernetes `$(VAR)` expansion: `$(NAME)` is replaced when NAME is defined, `$$` escapes a
@@ -314,10 +320,21 @@ fn container_plan(pod: &Pod, c: &Container, f: &Facts) -> ContainerPlan {
 pub fn pod_plan(pod: &Pod, netns: &str, log_dir: &str, f: &Facts) -> PodPlan {
     let spec = pod.spec.clone().unwrap_or_default();
     let name = pod.metadata.name.clone().unwrap_or_default();
-    let hostname = spec
-        .hostname
-        .clone()
-        .unwrap_or_else(|| name.chars().take(63).collect());
+    let host_network = spec.host_network == Some(true);
+    // On the host's network a pod shares the node's UTS namespace, hence its hostname, and
+    // gets the node's /etc/hosts (as the kubelet does).
+    let hostname = if host_network {
+        f.host_hostname.clone()
+    } else {
+        spec.hostname
+            .clone()
+            .unwrap_or_else(|| name.chars().take(63).collect())
+    };
+    let hosts = if host_network && !f.host_hosts.is_empty() {
+        f.host_hosts.clone()
+    } else {
+        hosts_file(&f.pod_ip, &hostname)
+    };
     PodPlan {
         uid: pod.metadata.uid.clone().unwrap_or_default(),
         namespace: pod.metadata.namespace.clone().unwrap_or_default(),
@@ -341,10 +358,11 @@ pub fn pod_plan(pod: &Pod, netns: &str, log_dir: &str, f: &Facts) -> PodPlan {
             .iter()
             .map(|c| container_plan(pod, c, f))
             .collect(),
-        hosts: hosts_file(&f.pod_ip, &hostname),
+        hosts,
         resolv_conf: resolv_conf(pod, f),
         log_dir: log_dir.to_string(),
         share_process_namespace: spec.share_process_namespace == Some(true),
+        host_network,
         masked: Vec::new(),
         cgroup_pod: String::new(),
         notify: String::new(),
@@ -391,6 +409,30 @@ mod tests {
         assert_eq!(c.memory_limit, Some(64 * 1024 * 1024));
         assert_eq!(plan.hostname, "web");
         assert!(plan.hosts.contains("10.244.0.9\tweb"));
+    }
+
+    #[test]
+    fn host_network_pods_get_the_nodes_name_and_hosts() {
+        let f = Facts {
+            pod_ip: "10.244.0.1".into(),
+            host_hostname: "node-a".into(),
+            host_hosts: "127.0.0.1 localhost node-a\n".into(),
+            ..Default::default()
+        };
+        let p = pod(
+            json!({"metadata": {"name": "p", "uid": "u"}, "spec": {"hostNetwork": true, "hostname": "ignored", "containers": [{"name": "c"}]}}),
+        );
+        let plan = pod_plan(&p, "", "/logs", &f);
+        assert!(plan.host_network);
+        assert_eq!(plan.hostname, "node-a");
+        assert_eq!(plan.hosts, f.host_hosts);
+        let p = pod(
+            json!({"metadata": {"name": "p", "uid": "u"}, "spec": {"containers": [{"name": "c"}]}}),
+        );
+        let plan = pod_plan(&p, "/ns", "/logs", &f);
+        assert!(!plan.host_network);
+        assert_eq!(plan.hostname, "p");
+        assert!(plan.hosts.contains("10.244.0.1\tp\n"), "{}", plan.hosts);
     }
 
     #[test]

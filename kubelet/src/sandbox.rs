@@ -24,30 +24,47 @@ pub fn ns_path(pod_dir: &Path, ns: &str) -> PathBuf {
 /// new PID namespace or the pod's shared one (the pause process's).
 #[derive(Debug, Clone)]
 pub struct Namespaces {
-    pub net: PathBuf,
-    pub uts: PathBuf,
+    /// `None`: the host's (`hostNetwork`), with its UTS namespace too.
+    pub net: Option<PathBuf>,
+    pub uts: Option<PathBuf>,
     pub ipc: PathBuf,
     /// `/proc/<pause>/ns/pid` with shareProcessNamespace; `None` for a PID namespace of its own.
     pub pid: Option<PathBuf>,
 }
 
-/// Creates the pod's UTS (with the hostname set) and IPC namespaces and bind-mounts them under
-/// `pod_dir/ns/`. Idempotent: namespaces already mounted are kept.
-pub fn create(pod_dir: &Path, hostname: &str) -> Result<()> {
+/// Creates the pod's IPC namespace and, given a hostname, its UTS namespace with that hostname
+/// (without one the pod keeps the node's), bind-mounted under `pod_dir/ns/`. Idempotent:
+/// namespaces already mounted are kept.
+pub fn create(pod_dir: &Path, hostname: Option<&str>) -> Result<()> {
     let dir = pod_dir.join("ns");
     std::fs::create_dir_all(&dir)?;
-    if is_mounted(&ns_path(pod_dir, "uts")) && is_mounted(&ns_path(pod_dir, "ipc")) {
+    let wanted: &[&str] = if hostname.is_some() {
+        &["uts", "ipc"]
+    } else {
+        &["ipc"]
+    };
+    if wanted.iter().all(|ns| is_mounted(&ns_path(pod_dir, ns))) {
         return Ok(());
     }
     release(pod_dir);
-    let (pod_dir, hostname) = (pod_dir.to_path_buf(), hostname.to_string());
+    let (pod_dir, hostname) = (pod_dir.to_path_buf(), hostname.map(String::from));
     // Namespaces belong to threads: a fresh thread unshares them and ends, the mounts keep them.
     std::thread::spawn(move || -> Result<()> {
-        unshare(CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC)
-            .context("creating the pod's UTS and IPC namespaces")?;
-        nix::unistd::sethostname(&hostname).context("setting the pod's hostname")?;
+        let mut flags = CloneFlags::CLONE_NEWIPC;
+        if hostname.is_some() {
+            flags |= CloneFlags::CLONE_NEWUTS;
+        }
+        unshare(flags).context("creating the pod's UTS and IPC namespaces")?;
+        if let Some(h) = &hostname {
+            nix::unistd::sethostname(h).context("setting the pod's hostname")?;
+        }
         let tid = nix::unistd::gettid();
-        for ns in ["uts", "ipc"] {
+        let wanted: &[&str] = if hostname.is_some() {
+            &["uts", "ipc"]
+        } else {
+            &["ipc"]
+        };
+        for ns in wanted {
             let target = ns_path(&pod_dir, ns);
             File::create(&target)?;
             mount(
@@ -94,10 +111,16 @@ pub fn spawn_in(
     let ns = ns.clone();
     std::thread::spawn(move || -> Result<tokio::process::Child> {
         let open = |p: &Path| File::open(p).with_context(|| format!("opening {}", p.display()));
-        let (net, uts, ipc) = (open(&ns.net)?, open(&ns.uts)?, open(&ns.ipc)?);
-        setns(&net, CloneFlags::CLONE_NEWNET).context("joining the pod's network namespace")?;
-        setns(&uts, CloneFlags::CLONE_NEWUTS).context("joining the pod's UTS namespace")?;
-        setns(&ipc, CloneFlags::CLONE_NEWIPC).context("joining the pod's IPC namespace")?;
+        if let Some(net) = &ns.net {
+            setns(&open(net)?, CloneFlags::CLONE_NEWNET)
+                .context("joining the pod's network namespace")?;
+        }
+        if let Some(uts) = &ns.uts {
+            setns(&open(uts)?, CloneFlags::CLONE_NEWUTS)
+                .context("joining the pod's UTS namespace")?;
+        }
+        setns(&open(&ns.ipc)?, CloneFlags::CLONE_NEWIPC)
+            .context("joining the pod's IPC namespace")?;
         match &ns.pid {
             Some(p) => setns(&open(p)?, CloneFlags::CLONE_NEWPID)
                 .context("joining the pod's PID namespace")?,

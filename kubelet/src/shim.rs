@@ -122,10 +122,11 @@ async fn start_sandbox(
     dir: &Path,
 ) -> Result<(crate::sandbox::Namespaces, Option<tokio::process::Child>)> {
     use crate::sandbox;
-    sandbox::create(dir, &plan.hostname)?;
+    let own_uts = !plan.host_network;
+    sandbox::create(dir, own_uts.then_some(plan.hostname.as_str()))?;
     let mut ns = sandbox::Namespaces {
-        net: PathBuf::from(&plan.netns),
-        uts: sandbox::ns_path(dir, "uts"),
+        net: own_uts.then(|| PathBuf::from(&plan.netns)),
+        uts: own_uts.then(|| sandbox::ns_path(dir, "uts")),
         ipc: sandbox::ns_path(dir, "ipc"),
         pid: None,
     };
@@ -133,7 +134,8 @@ async fn start_sandbox(
         return Ok((ns, None));
     }
     let mut cmd = tokio::process::Command::new(kubelet_exe());
-    cmd.args(["pause", "--hostname", &plan.hostname, "--pod-dir"])
+    let hostname = if own_uts { plan.hostname.as_str() } else { "" };
+    cmd.args(["pause", "--hostname", hostname, "--pod-dir"])
         .arg(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -367,6 +369,7 @@ async fn run_once(
         gid: c.gid.and_then(|g| u32::try_from(g).ok()),
         cgroup_procs: Vec::new(),
         privileged: c.privileged,
+        host_uts: plan.host_network,
     };
     // Limits: a cgroup per container run, joined by the init before it execs.
     let cgroup = match crate::cgroup::Cgroup::create(

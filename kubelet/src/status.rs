@@ -220,9 +220,16 @@ pub fn pod_status(pod: &Pod, st: &PodState, host_ip: &str, now: &str) -> Value {
         .filter(|v| !v.is_null())
         .cloned()
         .unwrap_or_else(|| json!(now));
-    for k in ["podIP", "podIPs"] {
-        if let Some(v) = old.get(k).filter(|v| !v.is_null()) {
-            out[k] = v.clone();
+    if spec.host_network == Some(true) {
+        // A pod on the host's network has the host's address (the kubelet reports it; netd
+        // has nothing to do with it).
+        out["podIP"] = json!(host_ip);
+        out["podIPs"] = json!([{"ip": host_ip}]);
+    } else {
+        for k in ["podIP", "podIPs"] {
+            if let Some(v) = old.get(k).filter(|v| !v.is_null()) {
+                out[k] = v.clone();
+            }
         }
     }
     out
