@@ -30,7 +30,9 @@ echo "== leak check"
 left=$(ip netns list 2>/dev/null | awk '{print $1}' | grep '^skiff-t' || true)
 procs=$(pgrep -a -f 'skiff-e2e-' | grep -v pgrep || true)
 cgroups=$(find /sys/fs/cgroup -mindepth 2 -maxdepth 3 -type d -path '*/skiff/*' 2>/dev/null || true)
-left="$left$cgroups"
+# The kubelets' favordynmods hierarchy (name=skiff) goes with the last of them.
+dynmods=$(grep 'name=skiff' /proc/self/cgroup || true)
+left="$left$cgroups$dynmods"
 if [ -n "$left$procs" ]; then
   echo "tests left state behind:" >&2
   echo "$left" >&2

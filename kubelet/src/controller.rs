@@ -55,6 +55,8 @@ pub struct Ctx {
     /// Pods this kubelet bound that the cache may not show bound yet, with their requests;
     /// held while one pod is scheduled, so two pods never both take the last room.
     pub bound: tokio::sync::Mutex<HashMap<String, (i64, i64, std::time::Instant)>>,
+    /// Cgroup moves are cheap on this host (see `cgroup::favor_dynmods`): no warm-up needed.
+    pub cgroup_dynmods: bool,
     /// The datagram socket shims notify (see `shim::notify`).
     pub notify: String,
 }
@@ -472,6 +474,7 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         let mut plan = pod_plan(&pod, &netns, &log_dir.display().to_string(), &facts);
         plan.masked = ctx.masked.clone();
         plan.cgroup_pod = format!("{}/{uid}", ctx.cgroup_cluster);
+        plan.warm_cgroups = !ctx.cgroup_dynmods;
         plan.notify = ctx.notify.clone();
         std::fs::write(shim::plan_path(&dir), serde_json::to_vec_pretty(&plan)?)?;
         let _ = std::fs::remove_file(shim::state_path(&dir));

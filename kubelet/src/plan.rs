@@ -36,6 +36,10 @@ pub struct PodPlan {
     /// The kubelet's datagram socket, told the pod's UID whenever its state changes.
     #[serde(default)]
     pub notify: String,
+    /// Whether the shim hides the wait of a cgroup move (`cgroup::warm_up`): on hosts where
+    /// moves are not already cheap.
+    #[serde(default)]
+    pub warm_cgroups: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -316,6 +320,24 @@ fn container_plan(pod: &Pod, c: &Container, f: &Facts) -> ContainerPlan {
     }
 }
 
+/// The cgroup leaf (`<container>-<run>`) of a container's run and its limits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CgroupLeaf {
+    pub leaf: String,
+    pub memory: Option<i64>,
+    pub cpu_millis: Option<i64>,
+}
+
+impl ContainerPlan {
+    pub fn cgroup_leaf(&self, run: i32) -> CgroupLeaf {
+        CgroupLeaf {
+            leaf: format!("{}-{run}", self.name),
+            memory: self.memory_limit,
+            cpu_millis: self.cpu_limit_millis,
+        }
+    }
+}
+
 /// The plan for a pod whose network is ready.
 pub fn pod_plan(pod: &Pod, netns: &str, log_dir: &str, f: &Facts) -> PodPlan {
     let spec = pod.spec.clone().unwrap_or_default();
@@ -366,6 +388,7 @@ pub fn pod_plan(pod: &Pod, netns: &str, log_dir: &str, f: &Facts) -> PodPlan {
         masked: Vec::new(),
         cgroup_pod: String::new(),
         notify: String::new(),
+        warm_cgroups: false,
     }
 }
 

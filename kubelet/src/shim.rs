@@ -653,19 +653,19 @@ pub async fn run(dir: &Path) -> Result<()> {
         initialized: plan.init_containers.is_empty(),
         stopped: false,
     };
-    // Joining a cgroup (the container init does, before it execs) waits for an RCU grace
-    // period unless another cgroup move happened just before; a no-op move started now, while
-    // the sandbox and the init are being set up, takes that wait off the start path. The
-    // first runs' cgroups are made before it: making a cgroup waits while a move is pending.
-    for c in plan.init_containers.iter().chain(&plan.containers) {
-        let _ = crate::cgroup::Cgroup::create(
-            &plan.cgroup_pod,
-            &format!("{}-0", c.name),
-            c.memory_limit,
-            c.cpu_limit_millis,
-        );
-    }
-    std::thread::spawn(crate::cgroup::warm_up);
+    // The first runs' cgroups are made now, off the start path. Where cgroup moves are slow
+    // (see cgroup::favor_dynmods), joining a cgroup (the container init does, before it execs)
+    // waits for an RCU grace period unless another move happened just before; a no-op move
+    // started now, while the sandbox and the init are being set up, hides most of that wait.
+    // The cgroups are made first: making a cgroup waits while a move is pending.
+    let leaves: Vec<_> = plan
+        .init_containers
+        .iter()
+        .chain(&plan.containers)
+        .map(|c| c.cgroup_leaf(0))
+        .collect();
+    let (cg_pod, warm) = (plan.cgroup_pod.clone(), plan.warm_cgroups);
+    std::thread::spawn(move || crate::cgroup::prepare(&cg_pod, &leaves, warm));
     let (ns, mut pause) = start_sandbox(&plan, dir).await?;
     let shared = Arc::new(Shared {
         dir: dir.to_path_buf(),
