@@ -26,6 +26,33 @@ fn pod(c: &Cluster, name: &str) {
 }
 
 /// Waits for the pod's address; returns (uid, ip).
+fn wait_running(c: &Cluster, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let p = c
+            .curl(
+                "GET",
+                &format!("/api/v1/namespaces/default/pods/{name}"),
+                None,
+                "application/json",
+            )
+            .1;
+        if p["status"]["phase"] == "Running" {
+            return;
+        }
+        let uid = p["metadata"]["uid"].as_str().unwrap_or("");
+        let dir = c.data.join("kubelet/pods").join(uid);
+        assert!(
+            Instant::now() < deadline,
+            "{name} is not Running: {p}\nshim log: {}\nplan: {}\nkubelet log:\n{}",
+            std::fs::read_to_string(dir.join("shim.log")).unwrap_or_default(),
+            std::fs::read_to_string(dir.join("plan.json")).unwrap_or_default(),
+            c.daemon_log("kubelet")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn wait_ip(c: &Cluster, name: &str) -> (String, String) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -65,8 +92,16 @@ fn wait_gone(c: &Cluster, name: &str) {
     {
         assert!(
             Instant::now() < deadline,
-            "{name} was never released:\n{}",
-            c.daemon_log("netd")
+            "{name} was never released: {}\nnetd log:\n{}\nkubelet log:\n{}",
+            c.curl(
+                "GET",
+                &format!("/api/v1/namespaces/default/pods/{name}"),
+                None,
+                "application/json",
+            )
+            .1,
+            c.daemon_log("netd"),
+            c.daemon_log("kubelet")
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -282,6 +317,11 @@ fn pod_create_delete_cycles_leave_nothing_behind() {
         let name = format!("p{i}");
         pod(&c, &name);
         wait_ip(&c, &name);
+        // One supervisor per pod, however the kubelet's looks at it interleave with its start.
+        if i % 10 == 0 {
+            wait_running(&c, &name);
+            assert_eq!(c.shim_count(), 1, "pod {name} has more than one shim");
+        }
         assert_eq!(
             c.curl(
                 "DELETE",

@@ -294,6 +294,10 @@ fn pods_run_reach_each_other_and_report_status() {
             .is_some_and(|cs| cs.iter().any(|x| x["reason"] == "Unschedulable"))
     });
     assert_eq!(phase(&huge), "Pending");
+    // Not on a node, so no address (as in Kubernetes).
+    std::thread::sleep(Duration::from_millis(300));
+    let huge = get(&c, "huge");
+    assert!(huge["status"]["podIP"].is_null(), "{huge}");
     let msg = huge["status"]["conditions"]
         .as_array()
         .unwrap()

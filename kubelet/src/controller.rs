@@ -18,7 +18,7 @@ use serde_json::json;
 use skiff_core::quantity::{parse_bytes, parse_millicores};
 use thiserror::Error;
 
-use crate::plan::{pod_plan, Facts};
+use crate::plan::{pod_plan, Facts, PodPlan};
 use crate::shim;
 use crate::status::{differs, pod_status};
 
@@ -145,6 +145,9 @@ fn spawn_shim(dir: &Path) -> Result<(), Error> {
         // Its own process group: signals aimed at the kubelet do not reach the pod.
         .process_group(0)
         .spawn()?;
+    // Recorded at once (the shim writes it too): the next look at the pod, which may come
+    // before the shim is up, must find it running rather than start another.
+    shim::write_pid(dir, child.id())?;
     // Reap it if it exits while this kubelet lives; it outlives a kubelet that dies.
     std::thread::spawn(move || {
         let _ = child.wait();
@@ -168,8 +171,10 @@ impl Ctx {
         let this = pod.metadata.uid.clone().unwrap_or_default();
         let (mut used_cpu, mut used_mem, mut count) = (0, 0, 0);
         let mut counted = HashSet::new();
+        let mut present = HashSet::new();
         for p in self.pods.state() {
             let uid = p.metadata.uid.clone().unwrap_or_default();
+            present.insert(uid.clone());
             let on_node = p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(&self.node);
             if !on_node || uid == this {
                 continue;
@@ -185,8 +190,11 @@ impl Ctx {
             count += 1;
             counted.insert(uid);
         }
-        // Entries the cache never showed bound (deleted at once) expire.
-        bound.retain(|_, (_, _, at)| at.elapsed() < Duration::from_secs(60));
+        // Entries of pods gone from the cache (deleted) no longer count; entries the cache never
+        // showed bound expire.
+        bound.retain(|uid, (_, _, at)| {
+            present.contains(uid) && at.elapsed() < Duration::from_secs(60)
+        });
         for (uid, (c, m, _)) in bound.iter() {
             if !counted.contains(uid) && *uid != this {
                 used_cpu += c;
@@ -448,19 +456,16 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     } else {
         pod.status.as_ref().and_then(|s| s.pod_ip.clone())
     };
-    let Some(pod_ip) = pod_ip else {
-        // netd's status write (the address) is a change this controller sees at once.
-        return Ok(Action::await_change());
-    };
     let netns = ctx.netns_dir.join(&uid);
-    if !running && !host_network && !crate::sandbox::is_mounted(&netns) {
-        // The address in the status may be from before a restart: wait for netd's namespace.
-        return Ok(Action::requeue(Duration::from_millis(100)));
-    }
-    if !running {
-        std::fs::create_dir_all(&dir)?;
+    // The network is ready once netd reported the address and its namespace exists (the
+    // address may be from before a restart, the namespace not yet rebuilt).
+    let network = match &pod_ip {
+        Some(ip) if host_network || crate::sandbox::is_mounted(&netns) => Some(ip.clone()),
+        _ => None,
+    };
+    let plan_for = |ip: &str| -> PodPlan {
         let facts = Facts {
-            pod_ip,
+            pod_ip: ip.to_string(),
             host_ip: ctx.host_ip.clone(),
             node_name: ctx.node.clone(),
             ..ctx.facts.clone()
@@ -476,11 +481,30 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         plan.cgroup_pod = format!("{}/{uid}", ctx.cgroup_cluster);
         plan.warm_cgroups = !ctx.cgroup_dynmods;
         plan.notify = ctx.notify.clone();
-        std::fs::write(shim::plan_path(&dir), serde_json::to_vec_pretty(&plan)?)?;
+        plan
+    };
+    if !running {
+        // The shim starts as soon as the pod is bound: it makes the sandbox while netd makes
+        // the network, and waits for the address (an empty `pod_ip` in its plan) before any
+        // container starts.
+        std::fs::create_dir_all(&dir)?;
+        let plan = plan_for(network.as_deref().unwrap_or(""));
+        shim::write_plan(&dir, &plan)?;
         let _ = std::fs::remove_file(shim::state_path(&dir));
         tracing::debug!(pod = %name, "starting the shim");
         spawn_shim(&dir)?;
         // The shim notifies on every state change; the requeue is only a fallback.
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+    let waiting = shim::read_plan(&dir).is_some_and(|p| p.pod_ip.is_empty() && !p.host_network);
+    if waiting {
+        let Some(ip) = network else {
+            // netd's status write (the address) is a change this controller sees at once.
+            return Ok(Action::requeue(Duration::from_secs(1)));
+        };
+        tracing::debug!(pod = %name, "network ready");
+        shim::write_plan(&dir, &plan_for(&ip))?;
+        shim::network_ready(&dir);
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
     if let Some(st) = state {

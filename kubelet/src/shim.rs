@@ -75,6 +75,67 @@ pub fn pid_path(dir: &Path) -> PathBuf {
     dir.join("shim.pid")
 }
 
+/// Where a shim waiting for its pod's network listens (see [`network_ready`]).
+pub fn sock_path(dir: &Path) -> PathBuf {
+    dir.join("shim.sock")
+}
+
+/// Records the shim's PID whole: the kubelet reads it at any time, and a half-written file
+/// would look like no shim (and start another).
+pub fn write_pid(dir: &Path, pid: u32) -> std::io::Result<()> {
+    let tmp = dir.join("shim.pid.tmp");
+    std::fs::write(&tmp, pid.to_string())?;
+    std::fs::rename(&tmp, pid_path(dir))
+}
+
+pub fn read_plan(dir: &Path) -> Option<PodPlan> {
+    serde_json::from_slice(&std::fs::read(plan_path(dir)).ok()?).ok()
+}
+
+/// Writes the plan whole (a shim may read it at any time).
+pub fn write_plan(dir: &Path, plan: &PodPlan) -> std::io::Result<()> {
+    let tmp = dir.join("plan.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(plan)?)?;
+    std::fs::rename(&tmp, plan_path(dir))
+}
+
+/// Tells the pod's shim that its plan now has the network (best effort: a shim that is not
+/// listening yet reads the plan when it starts to).
+pub fn network_ready(dir: &Path) {
+    if let Ok(s) = std::os::unix::net::UnixDatagram::unbound() {
+        let _ = s.send_to(b"network", sock_path(dir));
+    }
+}
+
+/// Waits until the plan has the pod's address (the kubelet rewrites it when netd is done);
+/// `None` if told to stop meanwhile.
+async fn wait_for_network(
+    dir: &Path,
+    term: &mut tokio::signal::unix::Signal,
+) -> Result<Option<PodPlan>> {
+    let path = sock_path(dir);
+    let _ = std::fs::remove_file(&path);
+    let sock = tokio::net::UnixDatagram::bind(&path)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    let mut buf = [0u8; 64];
+    let plan = loop {
+        if let Some(p) = read_plan(dir).filter(|p| !p.pod_ip.is_empty()) {
+            break Some(p);
+        }
+        tokio::select! {
+            _ = sock.recv(&mut buf) => {}
+            _ = term.recv() => break None,
+            // A fallback: the kubelet's word may have been lost.
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    };
+    let _ = std::fs::remove_file(&path);
+    Ok(plan)
+}
+
 pub fn read_state(dir: &Path) -> Option<PodState> {
     serde_json::from_slice(&std::fs::read(state_path(dir)).ok()?).ok()
 }
@@ -117,31 +178,41 @@ struct Shared {
 /// The pod sandbox: its UTS and IPC namespaces (bind-mounted in the pod's directory) and, with
 /// shareProcessNamespace, a pause process as PID 1 of the pod's PID namespace. Returns the
 /// namespaces and the pause process, if any.
-async fn start_sandbox(
-    plan: &PodPlan,
-    dir: &Path,
-) -> Result<(crate::sandbox::Namespaces, Option<tokio::process::Child>)> {
+fn sandbox_namespaces(plan: &PodPlan, dir: &Path) -> Result<crate::sandbox::Namespaces> {
     use crate::sandbox;
     let own_uts = !plan.host_network;
     sandbox::create(dir, own_uts.then_some(plan.hostname.as_str()))?;
-    let mut ns = sandbox::Namespaces {
+    Ok(sandbox::Namespaces {
         net: own_uts.then(|| PathBuf::from(&plan.netns)),
         uts: own_uts.then(|| sandbox::ns_path(dir, "uts")),
         ipc: sandbox::ns_path(dir, "ipc"),
         pid: None,
-    };
+    })
+}
+
+/// With shareProcessNamespace, the pause process: PID 1 of the pod's PID namespace, in its
+/// network (so only once that exists). Sets `ns.pid`.
+async fn start_pause(
+    plan: &PodPlan,
+    dir: &Path,
+    ns: &mut crate::sandbox::Namespaces,
+) -> Result<Option<tokio::process::Child>> {
     if !plan.share_process_namespace {
-        return Ok((ns, None));
+        return Ok(None);
     }
     let mut cmd = tokio::process::Command::new(kubelet_exe());
-    let hostname = if own_uts { plan.hostname.as_str() } else { "" };
+    let hostname = if plan.host_network {
+        ""
+    } else {
+        plan.hostname.as_str()
+    };
     cmd.args(["pause", "--hostname", hostname, "--pod-dir"])
         .arg(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true);
-    let mut child = sandbox::spawn_in(&ns, cmd).context("starting the pod sandbox")?;
+    let mut child = crate::sandbox::spawn_in(ns, cmd).context("starting the pod sandbox")?;
     let pause = child.id().context("the pod sandbox has no process")?;
     let out = child.stdout.take().context("pod sandbox output")?;
     let mut lines = BufReader::new(out).lines();
@@ -152,7 +223,17 @@ async fn start_sandbox(
     // Keep the pipe open: the pause process never writes again.
     std::mem::forget(lines);
     ns.pid = Some(PathBuf::from(format!("/proc/{pause}/ns/pid")));
-    Ok((ns, Some(child)))
+    Ok(Some(child))
+}
+
+/// Writes the pod's state (as [`Shared::record`] does, before there is a `Shared`).
+fn write_state(dir: &Path, st: &PodState) {
+    let tmp = dir.join("state.json.tmp");
+    if let Ok(b) = serde_json::to_vec(st) {
+        if std::fs::write(&tmp, b).is_ok() {
+            let _ = std::fs::rename(&tmp, state_path(dir));
+        }
+    }
 }
 
 impl Shared {
@@ -638,7 +719,32 @@ async fn supervise(
 pub async fn run(dir: &Path) -> Result<()> {
     let plan: PodPlan = serde_json::from_slice(&std::fs::read(plan_path(dir))?)?;
     let plan = Arc::new(plan);
-    std::fs::write(pid_path(dir), std::process::id().to_string())?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // One shim per pod: a second one (started by a look at the pod that raced with the first
+    // one's start) hands the pod back to the first and ends.
+    use std::io::{Read, Seek, Write};
+    let lock_file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dir.join("shim.lock"))?;
+    let mut lock =
+        match nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(l) => l,
+            Err((mut f, _)) => {
+                let mut holder = String::new();
+                let _ = f.read_to_string(&mut holder);
+                if let Ok(pid) = holder.trim().parse::<u32>() {
+                    write_pid(dir, pid)?;
+                }
+                return Ok(());
+            }
+        };
+    lock.set_len(0)?;
+    lock.rewind()?;
+    write!(lock, "{}", std::process::id())?;
+    write_pid(dir, std::process::id())?;
     let initial = PodState {
         init_containers: plan
             .init_containers
@@ -666,19 +772,37 @@ pub async fn run(dir: &Path) -> Result<()> {
         .collect();
     let (cg_pod, warm) = (plan.cgroup_pod.clone(), plan.warm_cgroups);
     std::thread::spawn(move || crate::cgroup::prepare(&cg_pod, &leaves, warm));
-    let (ns, mut pause) = start_sandbox(&plan, dir).await?;
+    let mut ns = sandbox_namespaces(&plan, dir)?;
+    // Not announced: containers usually start within milliseconds, and their start is (a
+    // waiting state reaches the API at the kubelet's next look otherwise).
+    write_state(dir, &initial);
+    // Started before netd was done: the containers wait for the pod's address.
+    let plan = if plan.pod_ip.is_empty() && !plan.host_network {
+        match wait_for_network(dir, &mut term).await? {
+            Some(p) => Arc::new(p),
+            None => {
+                crate::sandbox::release(dir);
+                let mut st = initial;
+                st.stopped = true;
+                write_state(dir, &st);
+                crate::cgroup::remove_pod(&plan.cgroup_pod);
+                let _ = std::fs::remove_file(pid_path(dir));
+                notify(&plan.notify, &plan.uid);
+                return Ok(());
+            }
+        }
+    } else {
+        plan
+    };
+    let mut pause = start_pause(&plan, dir, &mut ns).await?;
     let shared = Arc::new(Shared {
         dir: dir.to_path_buf(),
-        state: Mutex::new(PodState::default()),
+        state: Mutex::new(initial),
         ns,
         notify: plan.notify.clone(),
         uid: plan.uid.clone(),
     });
-    // Not announced: containers usually start within milliseconds, and their start is (a
-    // waiting state reaches the API at the kubelet's next look otherwise).
-    shared.record(|st| *st = initial).await;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let work = {
         let (plan, shared, stop_rx) = (plan.clone(), shared.clone(), stop_rx.clone());
         async move {

@@ -252,6 +252,17 @@ pub async fn reconcile<L: PodLinks>(pod: Arc<Pod>, ctx: Arc<Ctx<L>>) -> Result<A
             .map(|s| s.containers.iter().map(|c| &c.ports).collect::<Vec<_>>())
     );
     let generation = ctx.policy_changed(&uid, Some(fingerprint));
+    let bound = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .is_some_and(|n| !n.is_empty());
+    if !bound {
+        // The network is made while the pod is being scheduled (so it is ready sooner), but a
+        // pod has an address only once it is bound to the node, as in Kubernetes: the binding
+        // is a change this controller sees.
+        return Ok(Action::await_change());
+    }
     if current.as_deref() != Some(&ip.to_string()) {
         // The pod's processes start once its address is reported: policies that concern it
         // must be in force by then.

@@ -359,6 +359,23 @@ impl Cluster {
         out
     }
 
+    /// How many pod supervisors (shims) of this cluster are running.
+    pub fn shim_count(&self) -> usize {
+        let needle = format!("shim --dir {}", self.data.display());
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| {
+                std::fs::read(e.path().join("cmdline")).is_ok_and(|c| {
+                    String::from_utf8_lossy(&c)
+                        .replace('\0', " ")
+                        .contains(&needle)
+                })
+            })
+            .count()
+    }
+
     /// Kills the apiserver with SIGKILL and waits for the supervisor to bring it back.
     pub fn kill9(&self, daemon: &str) -> i32 {
         let pid = self.pid_of(daemon).expect("daemon pid");
