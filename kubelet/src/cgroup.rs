@@ -132,7 +132,9 @@ pub fn prepare(pod: &str, leaves: &[crate::plan::CgroupLeaf], warm: bool) {
 pub fn favor_dynmods(dir: &Path) -> io::Result<()> {
     use nix::mount::{mount, MsFlags};
     std::fs::create_dir_all(dir)?;
-    if crate::sandbox::is_mounted(dir) {
+    if nix::sys::statfs::statfs(dir)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP_SUPER_MAGIC)
+    {
         return Ok(());
     }
     mount(

@@ -111,9 +111,9 @@ impl<L: PodLinks> Ctx<L> {
             (i.gateway(), i.prefix())
         };
         let path = self.netns_path(uid);
-        netns::create(&path)?;
+        let fresh = netns::create(&path)?;
         self.links
-            .attach(&self.bridge, &host_if(uid), &path, ip, prefix, gw)
+            .attach(&self.bridge, &host_if(uid), &path, ip, prefix, gw, fresh)
             .await?;
         self.verified()
             .insert(uid.to_string(), (ip, Instant::now()));

@@ -31,7 +31,9 @@ pub trait PodLinks {
     /// The bridge exists, is up and holds `gateway/prefix`.
     async fn ensure_bridge(&self, name: &str, gateway: Ipv4Addr, prefix: u8) -> Result<()>;
     /// The pod's namespace at `netns` has `eth0` with `ip/prefix` and a default route via
-    /// `gateway`, linked to the bridge by the host-side veth `host_if`.
+    /// `gateway`, linked to the bridge by the host-side veth `host_if`. `fresh`: the namespace
+    /// was just made (nothing in it to check first).
+    #[allow(clippy::too_many_arguments)]
     async fn attach(
         &self,
         bridge: &str,
@@ -40,6 +42,7 @@ pub trait PodLinks {
         ip: Ipv4Addr,
         prefix: u8,
         gateway: Ipv4Addr,
+        fresh: bool,
     ) -> Result<()>;
     /// Removes the host-side veth (its peer goes with it).
     async fn detach(&self, host_if: &str) -> Result<()>;
@@ -136,12 +139,15 @@ impl PodLinks for Kernel {
         ip: Ipv4Addr,
         prefix: u8,
         gateway: Ipv4Addr,
+        fresh: bool,
     ) -> Result<()> {
         let h = connect()?;
         let br = index_of(&h, bridge)
             .await?
             .ok_or_else(|| LinkError::Missing(bridge.into()))?;
-        if index_of(&h, host_if).await?.is_none() {
+        // A fresh namespace has nothing yet, and its veth cannot exist (its name comes from the
+        // pod UID): the checks an earlier, interrupted attach needs are skipped.
+        if fresh || index_of(&h, host_if).await?.is_none() {
             // The peer is created inside the pod's namespace, already named eth0: moving a
             // link between namespaces afterwards costs tens of milliseconds (the kernel waits
             // for RCU grace periods), creating it there costs nothing extra.
@@ -172,16 +178,18 @@ impl PodLinks for Kernel {
                 .build()?;
             rt.block_on(async move {
                 let h = connect()?;
-                if let Some(p) = index_of(&h, &peer).await? {
-                    h.link()
-                        .set(LinkUnspec::new_with_index(p).name("eth0").build())
-                        .execute()
-                        .await?;
+                if !fresh {
+                    if let Some(p) = index_of(&h, &peer).await? {
+                        h.link()
+                            .set(LinkUnspec::new_with_index(p).name("eth0").build())
+                            .execute()
+                            .await?;
+                    }
                 }
                 let eth0 = index_of(&h, "eth0")
                     .await?
                     .ok_or_else(|| LinkError::Missing("eth0".into()))?;
-                if !has_addr(&h, eth0, ip).await? {
+                if fresh || !has_addr(&h, eth0, ip).await? {
                     h.address()
                         .add(eth0, IpAddr::V4(ip), prefix)
                         .execute()
@@ -191,7 +199,13 @@ impl PodLinks for Kernel {
                     .set(LinkUnspec::new_with_index(eth0).up().build())
                     .execute()
                     .await?;
-                if let Some(lo) = index_of(&h, "lo").await? {
+                // Loopback is always index 1 in a namespace.
+                let lo = if fresh {
+                    Some(1)
+                } else {
+                    index_of(&h, "lo").await?
+                };
+                if let Some(lo) = lo {
                     h.link()
                         .set(LinkUnspec::new_with_index(lo).up().build())
                         .execute()

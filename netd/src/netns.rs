@@ -11,18 +11,17 @@ use nix::sched::{setns, unshare, CloneFlags};
 
 /// Whether `path` is a mount point (a live bind-mounted namespace).
 pub fn is_mounted(path: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let p = path.to_string_lossy();
-    info.lines()
-        .any(|l| l.split_whitespace().nth(4) == Some(&*p))
+    // A pinned namespace is a file on nsfs (a statfs, where scanning the mount table would
+    // cost more with every pod).
+    nix::sys::statfs::statfs(path)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
 }
 
-/// Creates a new network namespace and pins it at `path`.
-pub fn create(path: &Path) -> io::Result<()> {
+/// Creates a new network namespace and pins it at `path`; true if it was made now (false:
+/// it was there).
+pub fn create(path: &Path) -> io::Result<bool> {
     if is_mounted(path) {
-        return Ok(());
+        return Ok(false);
     }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
@@ -43,7 +42,8 @@ pub fn create(path: &Path) -> io::Result<()> {
     })
     .join()
     .map_err(|_| io::Error::other("netns thread panicked"))?;
-    res.map_err(io::Error::from)
+    res.map_err(io::Error::from)?;
+    Ok(true)
 }
 
 /// Unpins and removes a namespace created by [`create`]; absent is fine.
