@@ -1,8 +1,9 @@
 //! Container resource limits with cgroups: v2 where the host has it (`memory.max`,
-//! `cpu.max`), v1 otherwise (`memory.limit_in_bytes`, `cpu.cfs_quota_us`). Each container run
-//! gets its own cgroup under `skiff/<pod uid>/`; the container init joins it before exec, so
-//! every process of the container is accounted; an OOM kill is read back from the kernel's
-//! counters to report `OOMKilled`.
+//! `cpu.max`), v1 otherwise (`memory.limit_in_bytes`, `cpu.cfs_quota_us`). Each run of a
+//! container with limits gets its own cgroup under `skiff/<cluster>/<pod uid>/`; the container
+//! init joins it before exec, so every process of the container is accounted; an OOM kill is
+//! read back from the kernel's counters to report `OOMKilled`. Containers without limits have
+//! nothing to enforce and stay out of cgroups.
 
 use std::io;
 use std::path::{Path, PathBuf};

@@ -83,7 +83,8 @@ pub fn sock_path(dir: &Path) -> PathBuf {
 /// Records the shim's PID whole: the kubelet reads it at any time, and a half-written file
 /// would look like no shim (and start another).
 pub fn write_pid(dir: &Path, pid: u32) -> std::io::Result<()> {
-    let tmp = dir.join("shim.pid.tmp");
+    // The kubelet and the shim both write it: each through a file of its own.
+    let tmp = dir.join(format!("shim.pid.{}.tmp", std::process::id()));
     std::fs::write(&tmp, pid.to_string())?;
     std::fs::rename(&tmp, pid_path(dir))
 }
@@ -452,18 +453,20 @@ async fn run_once(
         privileged: c.privileged,
         host_uts: plan.host_network,
     };
-    // Limits: a cgroup per container run, joined by the init before it execs.
-    let cgroup = match crate::cgroup::Cgroup::create(
-        &plan.cgroup_pod,
-        &format!("{}-{restart}", c.name),
-        c.memory_limit,
-        c.cpu_limit_millis,
-    ) {
-        Ok(cg) => Some(cg),
-        Err(e) if c.memory_limit.is_some() || c.cpu_limit_millis.is_some() => {
-            return Err(anyhow::anyhow!("setting resource limits: {e}"))
-        }
-        Err(_) => None,
+    // Limits: a cgroup per container run, joined by the init before it execs. A container
+    // without limits has nothing to enforce and stays out of one: no cgroup to make, join and
+    // remove (and none left dying in the kernel) on its start path.
+    let cgroup = if c.memory_limit.is_some() || c.cpu_limit_millis.is_some() {
+        let cg = crate::cgroup::Cgroup::create(
+            &plan.cgroup_pod,
+            &format!("{}-{restart}", c.name),
+            c.memory_limit,
+            c.cpu_limit_millis,
+        )
+        .map_err(|e| anyhow::anyhow!("setting resource limits: {e}"))?;
+        Some(cg)
+    } else {
+        None
     };
     let mut cfg = cfg;
     cfg.cgroup_procs = cgroup
@@ -768,10 +771,13 @@ pub async fn run(dir: &Path) -> Result<()> {
         .init_containers
         .iter()
         .chain(&plan.containers)
+        .filter(|c| c.memory_limit.is_some() || c.cpu_limit_millis.is_some())
         .map(|c| c.cgroup_leaf(0))
         .collect();
     let (cg_pod, warm) = (plan.cgroup_pod.clone(), plan.warm_cgroups);
-    std::thread::spawn(move || crate::cgroup::prepare(&cg_pod, &leaves, warm));
+    if !leaves.is_empty() {
+        std::thread::spawn(move || crate::cgroup::prepare(&cg_pod, &leaves, warm));
+    }
     let mut ns = sandbox_namespaces(&plan, dir)?;
     // Not announced: containers usually start within milliseconds, and their start is (a
     // waiting state reaches the API at the kubelet's next look otherwise).
