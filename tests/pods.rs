@@ -311,7 +311,15 @@ fn pods_run_reach_each_other_and_report_status() {
     // What happened is recorded as Events, shown by describe.
     wait_event(&c, "huge", "FailedScheduling");
     wait_event(&c, "crash", "BackOff");
+    wait_event(&c, "b", "Started");
+    // Once per container start, however the kubelet's status writes interleave.
+    std::thread::sleep(Duration::from_millis(500));
     let evs = wait_event(&c, "b", "Started");
+    assert_eq!(
+        evs.iter().filter(|e| e["reason"] == "Started").count(),
+        1,
+        "{evs:?}"
+    );
     assert!(
         evs.iter()
             .any(|e| e["reason"] == "Scheduled" && e["source"]["component"] == "default-scheduler"),

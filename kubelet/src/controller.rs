@@ -57,6 +57,8 @@ pub struct Ctx {
     pub bound: tokio::sync::Mutex<HashMap<String, (i64, i64, std::time::Instant)>>,
     /// Cgroup moves are cheap on this host (see `cgroup::favor_dynmods`): no warm-up needed.
     pub cgroup_dynmods: bool,
+    /// Serialises status writes per pod UID (the controller and the notify path both write).
+    pub status_locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// The datagram socket shims notify (see `shim::notify`).
     pub notify: String,
 }
@@ -367,6 +369,14 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         let _ = tokio::task::spawn_blocking(move || crate::cgroup::remove_pod(&cg)).await;
         crate::sandbox::release(&ctx.pod_dir(&uid));
         let _ = std::fs::remove_dir_all(ctx.pod_dir(&uid));
+        ctx.status_locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&uid);
+        ctx.reported
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|k, _| !k.contains(&uid));
         patch_finalizers(
             &api,
             &pod,
@@ -514,6 +524,27 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     Ok(Action::requeue(Duration::from_secs(2)))
 }
 
+/// A shim's news about a pod it runs, written to the API straight away (without a trip
+/// through the controller's queue); false when it is the controller's to handle (the pod is
+/// being deleted, its shim ended or waits for the network, or the write failed: the controller
+/// retries).
+pub async fn sync_running(ctx: &Ctx, pod: &Pod) -> bool {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let dir = ctx.pod_dir(&uid);
+    if pod.metadata.deletion_timestamp.is_some() || shim_pid(&dir).is_none() {
+        return false;
+    }
+    let Some(st) = shim::read_state(&dir) else {
+        return false;
+    };
+    if st.stopped || shim::read_plan(&dir).is_none_or(|p| p.pod_ip.is_empty()) {
+        return false;
+    }
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    sync_status(&api, pod, &st, ctx).await.is_ok()
+}
+
 async fn sync_status(
     api: &Api<Pod>,
     pod: &Pod,
@@ -521,6 +552,16 @@ async fn sync_status(
     ctx: &Ctx,
 ) -> Result<(), Error> {
     let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let lock = ctx
+        .status_locks
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(uid.clone())
+        .or_default()
+        .clone();
+    let _serial = lock.lock().await;
+    // The state may have moved on while waiting for the lock.
+    let st = &shim::read_state(&ctx.pod_dir(&uid)).unwrap_or_else(|| st.clone());
     for cs in &st.containers {
         if cs.probe_failure.is_empty() {
             continue;
@@ -557,7 +598,16 @@ async fn sync_status(
             let c = cs["name"].as_str().unwrap_or("");
             let before = &old["containerStatuses"][i];
             let started = cs["state"]["running"]["startedAt"].as_str();
-            if started.is_some() && before["state"]["running"]["startedAt"].as_str() != started {
+            // Once per start: the cached status may not show a write made a moment ago.
+            let fresh_start = started.is_some_and(|t| {
+                ctx.reported
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(format!("started:{uid}/{c}"), t.to_string())
+                    .as_deref()
+                    != Some(t)
+            });
+            if fresh_start && before["state"]["running"]["startedAt"].as_str() != started {
                 event(
                     &ctx.client,
                     pod,

@@ -159,22 +159,6 @@ async fn run(
         std::fs::set_permissions(&notify_path, std::fs::Permissions::from_mode(0o600))?;
     }
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    {
-        let store = controller.store();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 128];
-            while let Ok(n) = notify.recv(&mut buf).await {
-                let uid = String::from_utf8_lossy(&buf[..n]).into_owned();
-                let found = store
-                    .state()
-                    .into_iter()
-                    .find(|p| p.metadata.uid.as_deref() == Some(uid.as_str()));
-                if let Some(p) = found {
-                    let _ = tx.send(ObjectRef::from_obj(&*p));
-                }
-            }
-        });
-    }
     let ctx = Arc::new(Ctx {
         reported: Default::default(),
         client: client.clone(),
@@ -193,7 +177,31 @@ async fn run(
         pods: controller.store(),
         bound: Default::default(),
         notify: notify_path.display().to_string(),
+        status_locks: Default::default(),
     });
+    {
+        let (store, ctx) = (controller.store(), ctx.clone());
+        tokio::spawn(async move {
+            let mut buf = [0u8; 128];
+            while let Ok(n) = notify.recv(&mut buf).await {
+                let uid = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let found = store
+                    .state()
+                    .into_iter()
+                    .find(|p| p.metadata.uid.as_deref() == Some(uid.as_str()));
+                if let Some(p) = found {
+                    // A running pod's new state goes to the API at once; anything else (a
+                    // shim that ended, a pod being deleted) is the controller's to handle.
+                    let (ctx, tx) = (ctx.clone(), tx.clone());
+                    tokio::spawn(async move {
+                        if !skiff_kubelet::controller::sync_running(&ctx, &p).await {
+                            let _ = tx.send(ObjectRef::from_obj(&*p));
+                        }
+                    });
+                }
+            }
+        });
+    }
     // Heartbeats keep the Ready condition fresh.
     {
         let (nodes, host) = (nodes.clone(), host.clone());

@@ -45,6 +45,8 @@ pub enum Error {
 
 pub struct Ctx<L: PodLinks> {
     pub client: kube::Client,
+    /// The controller's pod cache (the newest version of a pod being reconciled).
+    pub pods: Store<Pod>,
     pub links: L,
     pub ipam: Mutex<Ipam>,
     pub bridge: String,
@@ -252,11 +254,18 @@ pub async fn reconcile<L: PodLinks>(pod: Arc<Pod>, ctx: Arc<Ctx<L>>) -> Result<A
             .map(|s| s.containers.iter().map(|c| &c.ports).collect::<Vec<_>>())
     );
     let generation = ctx.policy_changed(&uid, Some(fingerprint));
-    let bound = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.node_name.as_deref())
-        .is_some_and(|n| !n.is_empty());
+    let is_bound = |p: &Pod| {
+        p.spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_deref())
+            .is_some_and(|n| !n.is_empty())
+    };
+    // The binding usually lands while the network is being made: the cache has it by now.
+    let bound = is_bound(&pod)
+        || ctx
+            .pods
+            .get(&kube::runtime::reflector::ObjectRef::from_obj(&*pod))
+            .is_some_and(|p| is_bound(&p));
     if !bound {
         // The network is made while the pod is being scheduled (so it is ready sooner), but a
         // pod has an address only once it is bound to the node, as in Kubernetes: the binding

@@ -88,7 +88,11 @@ async fn main() -> Result<()> {
     let client = skiff_core::kubeclient::connect(&paths, Duration::from_secs(60)).await?;
     let trigger = Arc::new(Trigger::default());
     let (namespaces, policies) = policyctl::watch_objects(client.clone(), trigger.clone());
+    // The controller's pod cache is the one the policy sync reads: a pod being reconciled is
+    // always in it.
+    let controller = Controller::new(Api::<Pod>::all(client.clone()), watcher::Config::default());
     let ctx = Arc::new(Ctx {
+        pods: controller.store(),
         client: client.clone(),
         links: Kernel,
         ipam: Mutex::new(ipam),
@@ -131,9 +135,6 @@ async fn main() -> Result<()> {
             _ = term.recv() => {}
         }
     };
-    // The controller's pod cache is the one the policy sync reads: a pod being reconciled is
-    // always in it.
-    let controller = Controller::new(Api::<Pod>::all(client), watcher::Config::default());
     let caches = Caches {
         pods: controller.store(),
         namespaces,
