@@ -7,11 +7,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+
+mod common;
 
 struct Bench {
     exe: PathBuf,
@@ -151,41 +153,9 @@ fn main() {
         eprintln!("SKIPPED: iperf3 is not installed (Debian package iperf3)");
         return;
     }
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_skiff"));
-    let ns = format!("skiff-npe2e-{}", std::process::id());
-    let dir = std::env::temp_dir().join(&ns);
-    let data = dir.join("data");
-    std::fs::create_dir_all(&dir).unwrap();
-    Command::new("ip")
-        .args(["netns", "add", &ns])
-        .status()
-        .unwrap();
-    Command::new("ip")
-        .args(["-n", &ns, "link", "set", "lo", "up"])
-        .status()
-        .unwrap();
-    let log = std::fs::File::create(dir.join("up.log")).unwrap();
-    let mut up = Command::new("ip")
-        .args(["netns", "exec", &ns])
-        .arg(&exe)
-        .arg("--data-dir")
-        .arg(&data)
-        .arg("up")
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while !std::fs::read_to_string(dir.join("up.log"))
-        .unwrap_or_default()
-        .contains("ready")
-    {
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "cluster did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // Stopped, with its namespace and files removed, however the run ends.
+    let cluster = common::Cluster::start("skiff-npe2e", &[]);
+    let (exe, data) = (cluster.exe.clone(), cluster.data.clone());
     let b = Bench {
         exe,
         data: data.clone(),
@@ -322,20 +292,5 @@ fn main() {
         pct(&mut lat.clone(), 1.0)
     );
 
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(up.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let t = Instant::now();
-    while up.try_wait().ok().flatten().is_none() && t.elapsed() < Duration::from_secs(60) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = up.kill();
-    let _ = up.wait();
-    let _ = Command::new("ip")
-        .args(["netns", "del", &ns])
-        .stderr(Stdio::null())
-        .status();
-    let _ = std::fs::remove_dir_all(&dir);
-    let _ = Path::new(&dir);
+    drop(cluster);
 }

@@ -6,12 +6,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use skiff_core::client::ApiClient;
+
+mod common;
 
 fn pct(v: &mut [Duration], p: f64) -> Duration {
     v.sort_unstable();
@@ -312,62 +314,12 @@ fn main() {
         eprintln!("SKIPPED: the pod benchmark needs root");
         return;
     }
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_skiff"));
     let quick = std::env::var("SKIFF_BENCH_QUICK").is_ok();
     let (n, big) = if quick { (20, 50) } else { (100, 500) };
-    let ns = format!("skiff-bench-{}", std::process::id());
-    let dir = std::env::temp_dir().join(&ns);
-    let data = dir.join("data");
-    std::fs::create_dir_all(&dir).unwrap();
-    Command::new("ip")
-        .args(["netns", "add", &ns])
-        .status()
-        .unwrap();
-    Command::new("ip")
-        .args(["-n", &ns, "link", "set", "lo", "up"])
-        .status()
-        .unwrap();
-    for b in [
-        "skiff-apiserver",
-        "skiff-kubelet",
-        "skiff-netd",
-        "skiff-pod",
-    ] {
-        assert!(
-            exe.with_file_name(b).exists(),
-            "{b} is not built: run `cargo build --release --workspace` first"
-        );
-    }
-    let log = std::fs::File::create(dir.join("up.log")).unwrap();
-    let up = Command::new("ip")
-        .args(["netns", "exec", &ns])
-        .arg(&exe)
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["up", "--max-pods", "1000"])
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    // Stops the cluster and removes its namespace and files however the run ends.
-    let _guard = Guard {
-        up,
-        ns: ns.clone(),
-        dir: dir.clone(),
-    };
+    // Stopped, with its namespace and files removed, however the run ends.
+    let cluster = common::Cluster::start("skiff-bench", &["--max-pods", "1000"]);
+    let (dir, data, startup) = (cluster.dir.clone(), cluster.data.clone(), cluster.startup);
     let sock = data.join("apiserver.sock");
-    let t0 = Instant::now();
-    while !std::fs::read_to_string(dir.join("up.log"))
-        .unwrap_or_default()
-        .contains("ready")
-    {
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "cluster did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let startup = t0.elapsed();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -525,40 +477,5 @@ fn main() {
                 .collect::<Vec<_>>()
                 .join(" | ")
         );
-    }
-}
-
-struct Guard {
-    up: std::process::Child,
-    ns: String,
-    dir: PathBuf,
-}
-
-impl Drop for Guard {
-    /// Stops the cluster (the kubelet stops every pod) and cleans up.
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.up.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let t = Instant::now();
-        while self.up.try_wait().ok().flatten().is_none() && t.elapsed() < Duration::from_secs(120)
-        {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.up.kill();
-        let _ = self.up.wait();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.ns])
-            .stderr(Stdio::null())
-            .status();
-        if std::env::var("SKIFF_BENCH_TRACE").is_ok() {
-            // The daemons' logs outlive the run, for a look at where time went.
-            let keep = std::env::temp_dir().join("skiff-bench-logs");
-            let _ = std::fs::remove_dir_all(&keep);
-            let _ = std::fs::rename(self.dir.join("data/logs"), &keep);
-            eprintln!("daemon logs kept in {}", keep.display());
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
