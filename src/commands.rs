@@ -856,6 +856,19 @@ impl Drop for RawTerminal {
     }
 }
 
+/// Sends one channel message on the shared WebSocket sink; false once it is closed.
+async fn send<S>(tx: &tokio::sync::Mutex<S>, m: Vec<u8>) -> bool
+where
+    S: futures::Sink<tokio_tungstenite::tungstenite::Message> + Unpin,
+{
+    use futures::SinkExt;
+    tx.lock()
+        .await
+        .send(tokio_tungstenite::tungstenite::Message::Binary(m.into()))
+        .await
+        .is_ok()
+}
+
 /// The resize message (channel 4) for the local terminal's current size.
 fn resize_message() -> Option<Vec<u8>> {
     let ws = rustix::termios::tcgetwinsize(std::io::stdout()).ok()?;
@@ -941,13 +954,7 @@ pub async fn exec(
         tokio::spawn(async move {
             while winch.recv().await.is_some() {
                 if let Some(m) = resize_message() {
-                    if tx
-                        .lock()
-                        .await
-                        .send(Message::Binary(m.into()))
-                        .await
-                        .is_err()
-                    {
+                    if !send(&tx, m).await {
                         return;
                     }
                 }
@@ -965,13 +972,7 @@ pub async fn exec(
                     Ok(n) => {
                         let mut m = vec![0u8];
                         m.extend_from_slice(&buf[..n]);
-                        if tx
-                            .lock()
-                            .await
-                            .send(Message::Binary(m.into()))
-                            .await
-                            .is_err()
-                        {
+                        if !send(&tx, m).await {
                             return;
                         }
                     }

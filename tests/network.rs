@@ -200,21 +200,7 @@ fn pods_get_addresses_and_talk_without_nat() {
         "b did not see a's address: {seen}"
     );
     // The host reaches the pod, from the gateway address (no NAT).
-    let out = c
-        .netns_cmd("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--max-time",
-            "3",
-            &format!("http://{ipb}:8080/"),
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    assert_eq!(c.http_code(&format!("http://{ipb}:8080/"), 3), "200");
     let seen = std::fs::read_to_string(&log).unwrap();
     assert!(seen.lines().any(|l| l.starts_with("10.244.0.1 ")), "{seen}");
 

@@ -192,21 +192,7 @@ fn pods_run_reach_each_other_and_report_status() {
         logs(&c, &b, "web")
     );
     // The host reaches the pod.
-    let out = c
-        .netns_cmd("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--max-time",
-            "3",
-            &format!("http://{ipb}:8080/"),
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    assert_eq!(c.http_code(&format!("http://{ipb}:8080/"), 3), "200");
 
     // A pod's files, names and exit code are its own.
     let marker = format!("/etc/skiff-e2e-{}", std::process::id());
@@ -334,21 +320,7 @@ fn pods_run_reach_each_other_and_report_status() {
 
     // kill -9 of the kubelet: the pods keep running and stay reachable.
     c.kill9("kubelet");
-    let out = c
-        .netns_cmd("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--max-time",
-            "3",
-            &format!("http://{ipb}:8080/"),
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    assert_eq!(c.http_code(&format!("http://{ipb}:8080/"), 3), "200");
     let b2 = get(&c, "b");
     assert_eq!(
         b2["status"]["containerStatuses"][0]["restartCount"], 0,
@@ -386,21 +358,7 @@ fn pods_run_reach_each_other_and_report_status() {
         std::thread::sleep(Duration::from_millis(100));
     }
     eprintln!("deleted in {:?}", t0.elapsed());
-    let out = c
-        .netns_cmd("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--max-time",
-            "1",
-            &format!("http://{ipb}:8080/"),
-        ])
-        .output()
-        .unwrap();
-    assert_ne!(String::from_utf8_lossy(&out.stdout), "200");
+    assert_ne!(c.http_code(&format!("http://{ipb}:8080/"), 1), "200");
     // The node is registered and Ready.
     let (_, nodes) = c.curl("GET", "/api/v1/nodes", None, "application/json");
     let node = &nodes["items"][0];
@@ -1155,21 +1113,7 @@ fn host_network_pods() {
     // The host's address, its network (a server there is the host's), its hostname.
     assert_eq!(p["status"]["podIP"], p["status"]["hostIP"], "{p}");
     assert_eq!(p["status"]["podIPs"][0]["ip"], p["status"]["hostIP"], "{p}");
-    let out = c
-        .netns_cmd("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--max-time",
-            "3",
-        ])
-        .arg("http://127.0.0.1:18081/")
-        .output()
-        .unwrap();
-    assert_eq!(common::stdout(&out), "200");
+    assert_eq!(c.http_code("http://127.0.0.1:18081/", 3), "200");
     let o = c.skiff(&["exec", "hn", "--", "hostname"]);
     assert_eq!(
         common::stdout(&o).trim(),
@@ -1180,30 +1124,7 @@ fn host_network_pods() {
     // Nothing of netd's: no namespace, no veth for it.
     let uid = p["metadata"]["uid"].as_str().unwrap();
     assert!(!c.data.join("run/netns").join(uid).exists());
-    assert_eq!(
-        c.curl(
-            "DELETE",
-            "/api/v1/namespaces/default/pods/hn",
-            None,
-            "application/json"
-        )
-        .0,
-        200
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while c
-        .curl(
-            "GET",
-            "/api/v1/namespaces/default/pods/hn",
-            None,
-            "application/json",
-        )
-        .0
-        != 404
-    {
-        assert!(Instant::now() < deadline, "hn was not deleted");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    c.delete_pod("hn", 20);
     assert_eq!(
         std::fs::read_to_string("/proc/sys/kernel/hostname")
             .unwrap()

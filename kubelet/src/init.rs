@@ -271,6 +271,19 @@ pub fn pause(hostname: &str) -> ! {
     }
 }
 
+/// The `init` command: reads the config and execs the container's command; returns only when
+/// that failed (exit code 127, as a shell reports a command that cannot run).
+pub fn main(config: &Path) -> std::process::ExitCode {
+    let res = std::fs::read(config)
+        .map_err(anyhow::Error::from)
+        .and_then(|b| Ok(serde_json::from_slice(&b)?))
+        .and_then(|cfg| run(&cfg));
+    if let Err(e) = res {
+        eprintln!("skiff init: {e:#}");
+    }
+    std::process::ExitCode::from(127)
+}
+
 pub fn run(cfg: &InitConfig) -> Result<()> {
     if cfg.argv.is_empty() {
         bail!(

@@ -279,32 +279,8 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Pause { hostname, .. } => skiff_kubelet::init::pause(&hostname),
-        Cmd::Init { config } => {
-            let res = std::fs::read(&config)
-                .map_err(anyhow::Error::from)
-                .and_then(|b| Ok(serde_json::from_slice(&b)?))
-                .and_then(|cfg| skiff_kubelet::init::run(&cfg));
-            if let Err(e) = res {
-                eprintln!("skiff init: {e:#}");
-            }
-            // Exec failed: report as a shell would for a command that cannot run.
-            std::process::ExitCode::from(127)
-        }
-        Cmd::Shim { dir } => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build();
-            match rt
-                .map_err(anyhow::Error::from)
-                .and_then(|rt| rt.block_on(skiff_kubelet::shim::run(&dir)))
-            {
-                Ok(()) => std::process::ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("skiff shim: {e:#}");
-                    std::process::ExitCode::FAILURE
-                }
-            }
-        }
+        Cmd::Init { config } => skiff_kubelet::init::main(&config),
+        Cmd::Shim { dir } => skiff_kubelet::shim::main(&dir),
         Cmd::Run {
             data_dir,
             node_name,

@@ -718,6 +718,23 @@ async fn supervise(
     }
 }
 
+/// The `shim` command: a single-threaded runtime running [`run`].
+pub fn main(dir: &Path) -> std::process::ExitCode {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    match rt
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(run(dir)))
+    {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("skiff shim: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// The shim's main: runs the pod in `dir` until it finishes or is told to stop.
 pub async fn run(dir: &Path) -> Result<()> {
     let plan: PodPlan = serde_json::from_slice(&std::fs::read(plan_path(dir))?)?;

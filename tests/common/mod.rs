@@ -359,6 +359,30 @@ impl Cluster {
         out
     }
 
+    /// The HTTP status curl gets for `url` from the cluster's host (its network namespace), or
+    /// curl's `000` when nothing answers within `secs`.
+    pub fn http_code(&self, url: &str, secs: u32) -> String {
+        let out = self
+            .netns_cmd("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time"])
+            .arg(secs.to_string())
+            .arg(url)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Deletes a pod in `default` and waits (at most `secs`) until it is gone.
+    pub fn delete_pod(&self, name: &str, secs: u64) {
+        let path = format!("/api/v1/namespaces/default/pods/{name}");
+        assert_eq!(self.curl("DELETE", &path, None, "application/json").0, 200);
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while self.curl("GET", &path, None, "application/json").0 != 404 {
+            assert!(Instant::now() < deadline, "{name} was not deleted");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// How many pod supervisors (shims) of this cluster are running.
     pub fn shim_count(&self) -> usize {
         let needle = format!("shim --dir {}", self.data.display());

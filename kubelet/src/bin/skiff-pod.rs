@@ -25,38 +25,14 @@ fn main() -> ExitCode {
             Some(h) => skiff_kubelet::init::pause(&h),
             None => usage(),
         },
-        Some("init") => {
-            let Some(config) = value(&args, "--config") else {
-                return usage();
-            };
-            let res = std::fs::read(&config)
-                .map_err(anyhow::Error::from)
-                .and_then(|b| Ok(serde_json::from_slice(&b)?))
-                .and_then(|cfg| skiff_kubelet::init::run(&cfg));
-            if let Err(e) = res {
-                eprintln!("skiff init: {e:#}");
-            }
-            // Exec failed: report as a shell would for a command that cannot run.
-            ExitCode::from(127)
-        }
-        Some("shim") => {
-            let Some(dir) = value(&args, "--dir") else {
-                return usage();
-            };
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build();
-            match rt
-                .map_err(anyhow::Error::from)
-                .and_then(|rt| rt.block_on(skiff_kubelet::shim::run(&PathBuf::from(dir))))
-            {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("skiff shim: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Some("init") => match value(&args, "--config") {
+            Some(config) => skiff_kubelet::init::main(&PathBuf::from(config)),
+            None => usage(),
+        },
+        Some("shim") => match value(&args, "--dir") {
+            Some(dir) => skiff_kubelet::shim::main(&PathBuf::from(dir)),
+            None => usage(),
+        },
         _ => usage(),
     }
 }
