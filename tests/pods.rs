@@ -1134,3 +1134,52 @@ fn host_network_pods() {
     );
     c.stop();
 }
+
+/// A Python HTTPS server on 8443 with the certificate and key given in its environment.
+const HTTPS_SERVER: &str = "import http.server, ssl, os
+open('/tmp/c.pem', 'w').write(os.environ['CRT'])
+open('/tmp/k.pem', 'w').write(os.environ['KEY'])
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain('/tmp/c.pem', '/tmp/k.pem')
+s = http.server.HTTPServer(('0.0.0.0', 8443), http.server.SimpleHTTPRequestHandler)
+s.socket = ctx.wrap_socket(s.socket, server_side=True)
+s.serve_forever()";
+
+#[test]
+fn https_probes_do_not_check_certificates() {
+    if !can_run("https_probes_do_not_check_certificates") {
+        return;
+    }
+    let c = Cluster::start("https");
+    // Self-signed, for a name that is not the pod's: the kubelet does not check either.
+    let key = rcgen::generate_simple_self_signed(vec!["example.invalid".to_string()]).unwrap();
+    let env = json!([
+        {"name": "CRT", "value": key.cert.pem()},
+        {"name": "KEY", "value": key.signing_key.serialize_pem()}
+    ]);
+    for (name, scheme) in [("tls", "HTTPS"), ("plain", "HTTP")] {
+        create(
+            &c,
+            json!({"metadata": {"name": name}, "spec": {"terminationGracePeriodSeconds": 0, "containers": [{"name": "web", "command": ["python3", "-c", HTTPS_SERVER], "env": env, "readinessProbe": {"httpGet": {"scheme": scheme, "port": 8443, "path": "/"}, "periodSeconds": 1}}]}}),
+        );
+    }
+    let ready = |p: &Value| {
+        p["status"]["conditions"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|x| x["type"] == "Ready" && x["status"] == "True")
+        })
+    };
+    wait_for(&c, "tls", "Ready", ready);
+    // Plain HTTP to a TLS server fails the probe: the pod stays unready, and says why.
+    let evs = wait_event(&c, "plain", "Unhealthy");
+    // Its server is up as long as the other one's; still unready after more probes.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!ready(&get(&c, "plain")));
+    assert!(
+        evs.iter().any(|e| e["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("Readiness probe failed"))),
+        "{evs:?}"
+    );
+    c.stop();
+}
