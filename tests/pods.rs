@@ -1183,3 +1183,52 @@ fn https_probes_do_not_check_certificates() {
     );
     c.stop();
 }
+
+#[test]
+fn lifecycle_hooks_post_start_and_http_pre_stop() {
+    if !can_run("lifecycle_hooks_post_start_and_http_pre_stop") {
+        return;
+    }
+    let c = Cluster::start("hooks");
+    // The command waits for what postStart leaves; preStop asks the server itself over HTTP.
+    create(
+        &c,
+        json!({"metadata": {"name": "web"}, "spec": {"terminationGracePeriodSeconds": 3, "containers": [{"name": "c",
+            "command": ["sh", "-c", "while [ ! -f /tmp/started ]; do sleep 0.05; done; exec python3 -u -m http.server 8080"],
+            "lifecycle": {
+                "postStart": {"exec": {"command": ["sh", "-c", "echo from-post-start > /tmp/started"]}},
+                "preStop": {"httpGet": {"path": "/pre-stop-hook", "port": 8080}}
+            },
+            "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}}]}}),
+    );
+    create(
+        &c,
+        json!({"metadata": {"name": "badstart"}, "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "command": ["sleep", "3600"],
+            "lifecycle": {"postStart": {"exec": {"command": ["false"]}}}}]}}),
+    );
+    let web = wait_for(&c, "web", "Ready", |p| {
+        p["status"]["conditions"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|x| x["type"] == "Ready" && x["status"] == "True")
+        })
+    });
+    let o = c.skiff(&["exec", "web", "--", "cat", "/tmp/started"]);
+    assert_eq!(
+        common::stdout(&o),
+        "from-post-start\n",
+        "{}",
+        common::stderr(&o)
+    );
+    // A failed postStart hook kills the container.
+    let bad = wait_for(&c, "badstart", "Failed", |p| phase(p) == "Failed");
+    assert_eq!(
+        bad["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"], 137,
+        "{bad}"
+    );
+    assert!(logs(&c, &bad, "c").contains("postStart hook failed"));
+    // preStop over HTTP reaches the server before it is stopped.
+    c.delete_pod("web", 20);
+    let out = logs(&c, &web, "c");
+    assert!(out.contains("GET /pre-stop-hook"), "{out}");
+    c.stop();
+}

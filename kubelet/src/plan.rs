@@ -65,11 +65,13 @@ pub struct ContainerPlan {
     pub liveness: Option<k8s_openapi::api::core::v1::Probe>,
     #[serde(default)]
     pub startup: Option<k8s_openapi::api::core::v1::Probe>,
-    /// `lifecycle.preStop`: a command run in the container, or a pause, before SIGTERM.
+    /// `lifecycle.preStop`: run before SIGTERM, within the grace period.
     #[serde(default)]
-    pub pre_stop_exec: Option<Vec<String>>,
+    pub pre_stop: Option<k8s_openapi::api::core::v1::LifecycleHandler>,
+    /// `lifecycle.postStart`: run once the container has started; it counts as running only
+    /// after, and is killed if it fails.
     #[serde(default)]
-    pub pre_stop_sleep: Option<i64>,
+    pub post_start: Option<k8s_openapi::api::core::v1::LifecycleHandler>,
 }
 
 /// Facts about the node and pod the downward API can expose.
@@ -305,18 +307,8 @@ fn container_plan(pod: &Pod, c: &Container, f: &Facts) -> ContainerPlan {
         readiness: c.readiness_probe.clone(),
         liveness: c.liveness_probe.clone(),
         startup: c.startup_probe.clone(),
-        pre_stop_exec: c
-            .lifecycle
-            .as_ref()
-            .and_then(|l| l.pre_stop.as_ref())
-            .and_then(|h| h.exec.as_ref())
-            .and_then(|e| e.command.clone()),
-        pre_stop_sleep: c
-            .lifecycle
-            .as_ref()
-            .and_then(|l| l.pre_stop.as_ref())
-            .and_then(|h| h.sleep.as_ref())
-            .map(|s| s.seconds),
+        pre_stop: c.lifecycle.as_ref().and_then(|l| l.pre_stop.clone()),
+        post_start: c.lifecycle.as_ref().and_then(|l| l.post_start.clone()),
     }
 }
 

@@ -105,6 +105,27 @@ async fn tls(tcp: tokio::net::TcpStream, host: &str) -> Result<Box<dyn Stream>, 
     Ok(Box::new(s))
 }
 
+/// Runs a lifecycle hook (`postStart`, `preStop`): a command in the container, an HTTP GET
+/// (as a probe makes it) or a pause. Ok(()) on success, Err(reason) on failure.
+pub async fn run_hook(
+    h: &k8s_openapi::api::core::v1::LifecycleHandler,
+    t: &Target,
+    timeout: Duration,
+) -> Result<(), String> {
+    if let Some(s) = &h.sleep {
+        tokio::time::sleep(Duration::from_secs(s.seconds.max(0) as u64)).await;
+        return Ok(());
+    }
+    let p = Probe {
+        exec: h.exec.clone(),
+        http_get: h.http_get.clone(),
+        tcp_socket: h.tcp_socket.clone(),
+        timeout_seconds: Some(i32::try_from(timeout.as_secs().max(1)).unwrap_or(i32::MAX)),
+        ..Default::default()
+    };
+    run(&p, t).await
+}
+
 /// Runs a probe once: Ok(()) on success, Err(reason) on failure.
 pub async fn run(p: &Probe, t: &Target) -> Result<(), String> {
     let timeout = Duration::from_secs(p.timeout_seconds.unwrap_or(1).max(1) as u64);

@@ -283,6 +283,16 @@ async fn pump(
     }
 }
 
+/// What a lifecycle hook of a running container acts on.
+fn hook_target(plan: &PodPlan, c: &ContainerPlan, pid: u32) -> crate::probe::Target {
+    crate::probe::Target {
+        pod_ip: plan.pod_ip.clone(),
+        ports: c.ports.clone(),
+        pid: Some(pid),
+        env: c.env.clone(),
+    }
+}
+
 fn kubelet_exe() -> PathBuf {
     std::env::current_exe().unwrap_or_else(|_| PathBuf::from("skiff-kubelet"))
 }
@@ -506,13 +516,38 @@ async fn run_once(
             .map(|e| tokio::spawn(pump(e, "stderr", log.clone(), None))),
     ];
     // Running once the init has set the container up and is about to exec its command.
-    let exited = tokio::select! {
+    let mut exited = tokio::select! {
         r = started_rx => match r {
             Ok(()) => None,
             Err(_) => Some(child.wait().await),
         },
         s = child.wait() => Some(s),
     };
+    // postStart: the container counts as running once its hook has succeeded; a hook that
+    // fails kills it (then the restart policy applies), as the kubelet does.
+    if let (None, Some(h)) = (&exited, &c.post_start) {
+        let target = hook_target(plan, c, pid);
+        let hook = crate::probe::run_hook(h, &target, Duration::from_secs(30));
+        let failed = tokio::select! {
+            r = hook => r.err(),
+            s = child.wait() => { exited = Some(s); None }
+        };
+        if let Some(why) = failed {
+            let _ = log
+                .lock()
+                .await
+                .write_all(
+                    format!(
+                        "{} stderr F postStart hook failed: {why}\n",
+                        jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+                    )
+                    .as_bytes(),
+                )
+                .await;
+            let _ = child.start_kill();
+            exited = Some(child.wait().await);
+        }
+    }
     let name = c.name.clone();
     let started = now();
     // An init that failed is recorded as started and at once as terminated, which keeps the
@@ -571,17 +606,11 @@ async fn run_once(
                 .and_then(|g| g.trim().parse::<i64>().ok())
                 .unwrap_or(plan.termination_grace_seconds);
             let deadline = tokio::time::Instant::now() + Duration::from_secs(grace_s.max(0) as u64);
-            if let (Some(argv), true) = (&c.pre_stop_exec, pid != 0) {
-                let mut hook = crate::exec::in_container(pid, argv, &c.env);
-                hook.stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .kill_on_drop(true);
-                let _ = tokio::time::timeout_at(deadline, hook.status()).await;
-            } else if let Some(secs) = c.pre_stop_sleep {
+            if let (Some(h), true) = (&c.pre_stop, pid != 0) {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 let _ = tokio::time::timeout_at(
                     deadline,
-                    tokio::time::sleep(Duration::from_secs(secs.max(0) as u64)),
+                    crate::probe::run_hook(h, &hook_target(plan, c, pid), left),
                 )
                 .await;
             }
