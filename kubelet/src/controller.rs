@@ -473,13 +473,32 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         Some(ip) if host_network || crate::sandbox::is_mounted(&netns) => Some(ip.clone()),
         _ => None,
     };
-    let plan_with = |ip: &str| plan_for(&ctx, &pod, ip);
+    let plan_for = |ip: &str| -> PodPlan {
+        let facts = Facts {
+            pod_ip: ip.to_string(),
+            host_ip: ctx.host_ip.clone(),
+            node_name: ctx.node.clone(),
+            ..ctx.facts.clone()
+        };
+        let log_dir = ctx.logs_dir.join(format!("{ns}_{name}_{uid}"));
+        let netns = if host_network {
+            String::new()
+        } else {
+            netns.display().to_string()
+        };
+        let mut plan = pod_plan(&pod, &netns, &log_dir.display().to_string(), &facts);
+        plan.masked = ctx.masked.clone();
+        plan.cgroup_pod = format!("{}/{uid}", ctx.cgroup_cluster);
+        plan.warm_cgroups = !ctx.cgroup_dynmods;
+        plan.notify = ctx.notify.clone();
+        plan
+    };
     if !running {
         // The shim starts as soon as the pod is bound: it makes the sandbox while netd makes
         // the network, and waits for the address (an empty `pod_ip` in its plan) before any
         // container starts.
         std::fs::create_dir_all(&dir)?;
-        let plan = plan_with(network.as_deref().unwrap_or(""));
+        let plan = plan_for(network.as_deref().unwrap_or(""));
         shim::write_plan(&dir, &plan)?;
         let _ = std::fs::remove_file(shim::state_path(&dir));
         tracing::debug!(pod = %name, "starting the shim");
@@ -493,100 +512,16 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             // netd's status write (the address) is a change this controller sees at once.
             return Ok(Action::requeue(Duration::from_secs(1)));
         };
-        deliver_network(&ctx, &pod, &ip).await?;
+        tracing::debug!(pod = %name, "network ready");
+        shim::write_plan(&dir, &plan_for(&ip))?;
+        shim::network_ready(&dir);
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
     if let Some(st) = state {
-        // Containers just told of their network start within milliseconds and say so: a
-        // "ContainerCreating" status now would only be overwritten.
-        let fresh = std::fs::metadata(shim::plan_path(&dir))
-            .and_then(|m| m.modified())
-            .is_ok_and(|t| t.elapsed().is_ok_and(|e| e < Duration::from_secs(1)));
-        if fresh && st.containers.iter().all(|c| c.started_at.is_empty()) {
-            return Ok(Action::requeue(Duration::from_secs(1)));
-        }
         sync_status(&api, &pod, &st, &ctx).await?;
     }
     // The shim notifies on every state change; this is the fallback.
     Ok(Action::requeue(Duration::from_secs(2)))
-}
-
-/// The runtime plan for a pod (with its address, or none yet: `ip` empty).
-fn plan_for(ctx: &Ctx, pod: &Pod, ip: &str) -> PodPlan {
-    let uid = pod.metadata.uid.clone().unwrap_or_default();
-    let ns = pod.metadata.namespace.clone().unwrap_or_default();
-    let name = pod.metadata.name.clone().unwrap_or_default();
-    let host_network = pod.spec.as_ref().and_then(|s| s.host_network) == Some(true);
-    let facts = Facts {
-        pod_ip: ip.to_string(),
-        host_ip: ctx.host_ip.clone(),
-        node_name: ctx.node.clone(),
-        ..ctx.facts.clone()
-    };
-    let log_dir = ctx.logs_dir.join(format!("{ns}_{name}_{uid}"));
-    let netns = if host_network {
-        String::new()
-    } else {
-        ctx.netns_dir.join(&uid).display().to_string()
-    };
-    let mut plan = pod_plan(pod, &netns, &log_dir.display().to_string(), &facts);
-    plan.masked = ctx.masked.clone();
-    plan.cgroup_pod = format!("{}/{uid}", ctx.cgroup_cluster);
-    plan.warm_cgroups = !ctx.cgroup_dynmods;
-    plan.notify = ctx.notify.clone();
-    plan
-}
-
-/// The per-pod lock that serialises writes of a pod's plan and status.
-fn pod_lock(ctx: &Ctx, uid: &str) -> Arc<tokio::sync::Mutex<()>> {
-    ctx.status_locks
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .entry(uid.to_string())
-        .or_default()
-        .clone()
-}
-
-/// Gives a shim waiting for its pod's network the complete plan and wakes it (once).
-async fn deliver_network(ctx: &Ctx, pod: &Pod, ip: &str) -> Result<(), Error> {
-    let uid = pod.metadata.uid.clone().unwrap_or_default();
-    let dir = ctx.pod_dir(&uid);
-    let lock = pod_lock(ctx, &uid);
-    let _serial = lock.lock().await;
-    if !shim::read_plan(&dir).is_some_and(|p| p.pod_ip.is_empty()) {
-        return Ok(());
-    }
-    tracing::debug!(pod = ?pod.metadata.name, "network ready");
-    shim::write_plan(&dir, &plan_for(ctx, pod, ip))?;
-    shim::network_ready(&dir);
-    Ok(())
-}
-
-/// Called for every pod the watch delivers, before the controller's queue (whose timer adds a
-/// millisecond or more per hop): a waiting shim whose network has just been reported is told
-/// at once. The controller does the same on its own pass (idempotently).
-pub fn on_watch_event(ctx: &Arc<Ctx>, pod: &Pod) {
-    let spec = pod.spec.as_ref();
-    if pod.metadata.deletion_timestamp.is_some()
-        || spec.and_then(|s| s.node_name.as_deref()) != Some(ctx.node.as_str())
-        || spec.and_then(|s| s.host_network) == Some(true)
-    {
-        return;
-    }
-    let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) else {
-        return;
-    };
-    let uid = pod.metadata.uid.clone().unwrap_or_default();
-    let dir = ctx.pod_dir(&uid);
-    if !crate::sandbox::is_mounted(&ctx.netns_dir.join(&uid))
-        || !shim::read_plan(&dir).is_some_and(|p| p.pod_ip.is_empty())
-    {
-        return;
-    }
-    let (ctx, pod) = (ctx.clone(), pod.clone());
-    tokio::spawn(async move {
-        let _ = deliver_network(&ctx, &pod, &ip).await;
-    });
 }
 
 /// A shim's news about a pod it runs, written to the API straight away (without a trip
@@ -617,7 +552,13 @@ async fn sync_status(
     ctx: &Ctx,
 ) -> Result<(), Error> {
     let uid = pod.metadata.uid.clone().unwrap_or_default();
-    let lock = pod_lock(ctx, &uid);
+    let lock = ctx
+        .status_locks
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(uid.clone())
+        .or_default()
+        .clone();
     let _serial = lock.lock().await;
     // The state may have moved on while waiting for the lock.
     let st = &shim::read_state(&ctx.pod_dir(&uid)).unwrap_or_else(|| st.clone());

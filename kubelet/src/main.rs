@@ -148,7 +148,7 @@ async fn run(
         host_hosts: std::fs::read_to_string("/etc/hosts").unwrap_or_default(),
         ..Default::default()
     };
-    let (reader, writer) = kube::runtime::reflector::store::<Pod>();
+    let controller = Controller::new(Api::<Pod>::all(client.clone()), watcher::Config::default());
     // Shims say which pod changed on this socket; that pod is reconciled at once.
     let notify_path = paths.run().join("kubelet-notify.sock");
     let _ = std::fs::remove_file(&notify_path);
@@ -174,13 +174,13 @@ async fn run(
         max_pods: max_pods as i64,
         cgroup_cluster: skiff_kubelet::cgroup::cluster_id(&data_dir),
         cgroup_dynmods: dynmods,
-        pods: reader.clone(),
+        pods: controller.store(),
         bound: Default::default(),
         notify: notify_path.display().to_string(),
         status_locks: Default::default(),
     });
     {
-        let (store, ctx) = (reader.clone(), ctx.clone());
+        let (store, ctx) = (controller.store(), ctx.clone());
         tokio::spawn(async move {
             let mut buf = [0u8; 128];
             while let Ok(n) = notify.recv(&mut buf).await {
@@ -202,22 +202,6 @@ async fn run(
             }
         });
     }
-    // The pod watch feeds the cache and the controller, and a fast path that acts on a few
-    // changes before the controller's queue does (see controller::on_watch_event).
-    let controller = {
-        use kube::runtime::WatchStreamExt;
-        let ctx = ctx.clone();
-        let pods = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
-            .default_backoff()
-            .reflect(writer)
-            .touched_objects()
-            .inspect(move |p| {
-                if let Ok(p) = p {
-                    skiff_kubelet::controller::on_watch_event(&ctx, p);
-                }
-            });
-        Controller::for_stream(pods, reader.clone())
-    };
     // Heartbeats keep the Ready condition fresh.
     {
         let (nodes, host) = (nodes.clone(), host.clone());

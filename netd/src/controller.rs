@@ -60,9 +60,6 @@ pub struct Ctx<L: PodLinks> {
     /// change of a pod reconciles it again, and the netlink round trips of a full check are not
     /// needed for each (a check older than [`RECHECK`] is redone; a restart starts empty).
     pub verified: Mutex<HashMap<String, (Ipv4Addr, Instant)>>,
-    /// Per pod UID, held while its network is being made (the watch's fast path and the
-    /// controller may both ask).
-    pub making: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// How long a pod's verified network is trusted before the next reconcile checks it again.
@@ -105,25 +102,10 @@ impl<L: PodLinks> Ctx<L> {
 
     /// Sets up (idempotently) the network of the pod with this UID; returns its address.
     pub async fn ensure(&self, uid: &str) -> Result<Ipv4Addr, Error> {
-        let cached = |ctx: &Self| {
-            ctx.verified()
-                .get(uid)
-                .filter(|(_, at)| at.elapsed() < RECHECK)
-                .map(|(ip, _)| *ip)
-        };
-        if let Some(ip) = cached(self) {
-            return Ok(ip);
-        }
-        let lock = self
-            .making
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(uid.to_string())
-            .or_default()
-            .clone();
-        let _serial = lock.lock().await;
-        if let Some(ip) = cached(self) {
-            return Ok(ip);
+        if let Some((ip, at)) = self.verified().get(uid) {
+            if at.elapsed() < RECHECK {
+                return Ok(*ip);
+            }
         }
         let ip = self.ipam().allocate(uid)?;
         let (gw, prefix) = {
@@ -147,10 +129,6 @@ impl<L: PodLinks> Ctx<L> {
     /// Removes everything the pod with this UID had: veth, namespace, address.
     pub async fn teardown(&self, uid: &str) -> Result<(), Error> {
         self.verified().remove(uid);
-        self.making
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(uid);
         self.links.detach(&host_if(uid)).await?;
         netns::delete(&self.netns_path(uid))?;
         self.ipam().release(uid)?;
@@ -207,27 +185,6 @@ fn has_finalizer(pod: &Pod) -> bool {
         .iter()
         .flatten()
         .any(|f| f == FINALIZER)
-}
-
-/// Called for every pod the watch delivers, before the controller's queue (whose timer adds a
-/// millisecond or more): a new pod's network is started at once. The controller's pass finds it
-/// made (or waits for it) and reports the address.
-pub fn on_watch_event(ctx: &Arc<Ctx<crate::link::Kernel>>, pod: &Pod) {
-    let new = pod.metadata.deletion_timestamp.is_none()
-        && pod.spec.as_ref().and_then(|s| s.host_network) != Some(true)
-        && has_finalizer(pod)
-        && pod
-            .status
-            .as_ref()
-            .and_then(|s| s.pod_ip.as_ref())
-            .is_none();
-    let Some(uid) = pod.metadata.uid.clone().filter(|_| new) else {
-        return;
-    };
-    let ctx = ctx.clone();
-    tokio::spawn(async move {
-        let _ = ctx.ensure(&uid).await;
-    });
 }
 
 pub async fn reconcile<L: PodLinks>(pod: Arc<Pod>, ctx: Arc<Ctx<L>>) -> Result<Action, Error> {

@@ -90,9 +90,9 @@ async fn main() -> Result<()> {
     let (namespaces, policies) = policyctl::watch_objects(client.clone(), trigger.clone());
     // The controller's pod cache is the one the policy sync reads: a pod being reconciled is
     // always in it.
-    let (reader, writer) = kube::runtime::reflector::store::<Pod>();
+    let controller = Controller::new(Api::<Pod>::all(client.clone()), watcher::Config::default());
     let ctx = Arc::new(Ctx {
-        pods: reader.clone(),
+        pods: controller.store(),
         client: client.clone(),
         links: Kernel,
         ipam: Mutex::new(ipam),
@@ -102,25 +102,7 @@ async fn main() -> Result<()> {
         policies: policies.clone(),
         seen: Mutex::new(Default::default()),
         verified: Mutex::new(Default::default()),
-        making: Mutex::new(Default::default()),
     });
-    // The pod watch feeds the cache and the controller, and a fast path that starts a new
-    // pod's network before the controller's queue does (see controller::on_watch_event).
-    let controller = {
-        use futures::StreamExt;
-        use kube::runtime::WatchStreamExt;
-        let ctx = ctx.clone();
-        let pods = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
-            .default_backoff()
-            .reflect(writer)
-            .touched_objects()
-            .inspect(move |p| {
-                if let Ok(p) = p {
-                    skiff_netd::controller::on_watch_event(&ctx, p);
-                }
-            });
-        Controller::for_stream(pods, reader.clone())
-    };
 
     // Restart safety: drop whatever no existing pod explains before reconciling.
     let pods = Api::<Pod>::all(client.clone())
