@@ -347,11 +347,8 @@ async fn probe_loop(
         .readiness
         .as_ref()
         .map(|p| (p.clone(), Tracker::new(p), start));
-    set(
-        Some(readiness.is_none() && startup.is_none()),
-        Some(startup.is_none()),
-    )
-    .await;
+    // Ready and started as they begin (without probes: at once) are part of the running state
+    // the container was recorded with.
     let note = |r: Result<(), String>, what: &'static str| {
         let (shared, name) = (shared.clone(), name.clone());
         async move {
@@ -567,6 +564,10 @@ async fn run_once(
                     restart_count: restart,
                     pid,
                     last_terminated: last,
+                    // Without probes a container is started and ready at once (init
+                    // containers are reported as before: neither, while they run).
+                    ready: !init && c.readiness.is_none() && c.startup.is_none(),
+                    started: !init && c.startup.is_none(),
                     ..Default::default()
                 };
             }
