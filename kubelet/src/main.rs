@@ -42,9 +42,11 @@ enum Cmd {
         #[arg(long, default_value_t = 110)]
         max_pods: u64,
         /// Make cgroup moves cheap host-wide with the kernel's `favordynmods` (an empty named
-        /// cgroup hierarchy mounted under the data dir while the kubelet runs): containers
-        /// start without waiting for an RCU grace period; forks and exits cost slightly more.
-        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        /// cgroup hierarchy mounted under the data dir while the kubelet runs): containers with
+        /// limits start without waiting for an RCU grace period; forks and exits cost slightly
+        /// more. Off by default: it changes the whole host's kernel, and the mode was seen to
+        /// outlast the mount.
+        #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
         cgroup_favor_dynmods: bool,
     },
     /// Supervise one pod (started by the kubelet).
