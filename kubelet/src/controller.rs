@@ -94,7 +94,6 @@ pub fn requests(pod: &Pod) -> (i64, i64) {
     (cpu, mem)
 }
 
-/// Whether `path` is a mount point (a pod network namespace netd has pinned).
 fn finished(pod: &Pod) -> bool {
     matches!(
         pod.status.as_ref().and_then(|s| s.phase.as_deref()),
@@ -326,7 +325,6 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let node = spec.node_name.clone().unwrap_or_default();
     let fins: Vec<String> = pod.metadata.finalizers.clone().unwrap_or_default();
     let ours = fins.iter().any(|f| f == FINALIZER);
-    tracing::debug!(pod = %name, "reconcile");
 
     if pod.metadata.deletion_timestamp.is_some() {
         if !ours {
@@ -455,8 +453,8 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let state = shim::read_state(&dir);
     if !running && (finished(&pod) || state.as_ref().is_some_and(|s| s.stopped)) {
         // Done: record the final state once more.
-        if let Some(st) = state {
-            sync_status(&api, &pod, &st, &ctx).await?;
+        if state.is_some() {
+            sync_status(&api, &pod, &ctx).await?;
         }
         return Ok(Action::await_change());
     }
@@ -517,9 +515,7 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         shim::network_ready(&dir);
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
-    if let Some(st) = state {
-        sync_status(&api, &pod, &st, &ctx).await?;
-    }
+    sync_status(&api, &pod, &ctx).await?;
     // The shim notifies on every state change; this is the fallback.
     Ok(Action::requeue(Duration::from_secs(2)))
 }
@@ -534,23 +530,18 @@ pub async fn sync_running(ctx: &Ctx, pod: &Pod) -> bool {
     if pod.metadata.deletion_timestamp.is_some() || shim_pid(&dir).is_none() {
         return false;
     }
-    let Some(st) = shim::read_state(&dir) else {
-        return false;
-    };
-    if st.stopped || shim::read_plan(&dir).is_none_or(|p| p.pod_ip.is_empty()) {
+    if shim::read_state(&dir).is_none_or(|st| st.stopped)
+        || shim::read_plan(&dir).is_none_or(|p| p.pod_ip.is_empty())
+    {
         return false;
     }
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    sync_status(&api, pod, &st, ctx).await.is_ok()
+    sync_status(&api, pod, ctx).await.is_ok()
 }
 
-async fn sync_status(
-    api: &Api<Pod>,
-    pod: &Pod,
-    st: &shim::PodState,
-    ctx: &Ctx,
-) -> Result<(), Error> {
+/// Writes the pod's status from the shim's recorded state (nothing when there is none).
+async fn sync_status(api: &Api<Pod>, pod: &Pod, ctx: &Ctx) -> Result<(), Error> {
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let lock = ctx
         .status_locks
@@ -560,8 +551,11 @@ async fn sync_status(
         .or_default()
         .clone();
     let _serial = lock.lock().await;
-    // The state may have moved on while waiting for the lock.
-    let st = &shim::read_state(&ctx.pod_dir(&uid)).unwrap_or_else(|| st.clone());
+    // Read under the lock: the newest state, whichever writer gets here first.
+    let Some(st) = shim::read_state(&ctx.pod_dir(&uid)) else {
+        return Ok(());
+    };
+    let st = &st;
     for cs in &st.containers {
         if cs.probe_failure.is_empty() {
             continue;

@@ -47,13 +47,23 @@ pub fn in_container(
         "-w",
         "--",
     ])
-    .args(argv)
-    .env_clear();
-    cmd.env("PATH", DEFAULT_PATH);
+    .args(argv);
+    container_env(&mut cmd, env);
+    cmd
+}
+
+/// The environment commands run with inside a container: its own, and the default PATH.
+fn container_env(cmd: &mut tokio::process::Command, env: &[(String, String)]) {
+    cmd.env_clear().env("PATH", DEFAULT_PATH);
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd
+}
+
+/// A process's exit code as a shell reports it (128 + the signal that ended it).
+pub fn exit_code(s: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0))
 }
 
 pub const PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
@@ -288,13 +298,7 @@ where
                         }
                     }
                     drop(stdin);
-                    let code = match child.wait().await {
-                        Ok(s) => {
-                            use std::os::unix::process::ExitStatusExt;
-                            s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0))
-                        }
-                        Err(_) => 1,
-                    };
+                    let code = child.wait().await.map_or(1, exit_code);
                     exit_status(code, &argv)
                 }
             }
@@ -338,13 +342,10 @@ where
         "-t", &pid_s, "-p", "--", "setsid", "--ctty", "nsenter", "-t", &pid_s,
     ])
     .args(["-m", "-u", "-i", "-n", "-r", "-w", "--"])
-    .args(&req.argv)
-    .env_clear()
-    .env("PATH", DEFAULT_PATH)
-    .env("TERM", "xterm");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
+    .args(&req.argv);
+    container_env(&mut cmd, env);
+    // As a container runtime sets it for a terminal.
+    cmd.env("TERM", "xterm");
     cmd.stdin(Stdio::from(slave.try_clone()?))
         .stdout(Stdio::from(slave.try_clone()?))
         .stderr(Stdio::from(slave))
@@ -405,14 +406,7 @@ where
             child.wait().await
         }
     };
-    let code = match status {
-        Ok(s) => {
-            use std::os::unix::process::ExitStatusExt;
-            s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0))
-        }
-        Err(_) => 1,
-    };
-    Ok(code)
+    Ok(status.map_or(1, exit_code))
 }
 
 #[cfg(test)]

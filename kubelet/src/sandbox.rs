@@ -38,33 +38,34 @@ pub struct Namespaces {
 pub fn create(pod_dir: &Path, hostname: Option<&str>) -> Result<()> {
     let dir = pod_dir.join("ns");
     std::fs::create_dir_all(&dir)?;
-    let wanted: &[&str] = if hostname.is_some() {
-        &["uts", "ipc"]
+    // (name, flag) of each namespace the pod gets of its own.
+    let wanted: &'static [(&str, CloneFlags)] = if hostname.is_some() {
+        &[
+            ("uts", CloneFlags::CLONE_NEWUTS),
+            ("ipc", CloneFlags::CLONE_NEWIPC),
+        ]
     } else {
-        &["ipc"]
+        &[("ipc", CloneFlags::CLONE_NEWIPC)]
     };
-    if wanted.iter().all(|ns| is_mounted(&ns_path(pod_dir, ns))) {
+    if wanted
+        .iter()
+        .all(|(ns, _)| is_mounted(&ns_path(pod_dir, ns)))
+    {
         return Ok(());
     }
     release(pod_dir);
     let (pod_dir, hostname) = (pod_dir.to_path_buf(), hostname.map(String::from));
     // Namespaces belong to threads: a fresh thread unshares them and ends, the mounts keep them.
     std::thread::spawn(move || -> Result<()> {
-        let mut flags = CloneFlags::CLONE_NEWIPC;
-        if hostname.is_some() {
-            flags |= CloneFlags::CLONE_NEWUTS;
-        }
+        let flags = wanted
+            .iter()
+            .fold(CloneFlags::empty(), |all, (_, f)| all | *f);
         unshare(flags).context("creating the pod's UTS and IPC namespaces")?;
         if let Some(h) = &hostname {
             nix::unistd::sethostname(h).context("setting the pod's hostname")?;
         }
         let tid = nix::unistd::gettid();
-        let wanted: &[&str] = if hostname.is_some() {
-            &["uts", "ipc"]
-        } else {
-            &["ipc"]
-        };
-        for ns in wanted {
+        for (ns, _) in wanted {
             let target = ns_path(&pod_dir, ns);
             File::create(&target)?;
             mount(

@@ -83,10 +83,16 @@ pub fn sock_path(dir: &Path) -> PathBuf {
 /// Records the shim's PID whole: the kubelet reads it at any time, and a half-written file
 /// would look like no shim (and start another).
 pub fn write_pid(dir: &Path, pid: u32) -> std::io::Result<()> {
-    // The kubelet and the shim both write it: each through a file of its own.
-    let tmp = dir.join(format!("shim.pid.{}.tmp", std::process::id()));
-    std::fs::write(&tmp, pid.to_string())?;
-    std::fs::rename(&tmp, pid_path(dir))
+    write_whole(&pid_path(dir), pid.to_string().as_bytes())
+}
+
+/// Replaces a file whole (a reader never sees it half written), through a temporary file of
+/// this process's own (the kubelet and the shim may write the same file).
+fn write_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
 }
 
 pub fn read_plan(dir: &Path) -> Option<PodPlan> {
@@ -95,9 +101,7 @@ pub fn read_plan(dir: &Path) -> Option<PodPlan> {
 
 /// Writes the plan whole (a shim may read it at any time).
 pub fn write_plan(dir: &Path, plan: &PodPlan) -> std::io::Result<()> {
-    let tmp = dir.join("plan.json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(plan)?)?;
-    std::fs::rename(&tmp, plan_path(dir))
+    write_whole(&plan_path(dir), &serde_json::to_vec_pretty(plan)?)
 }
 
 /// Tells the pod's shim that its plan now has the network (best effort: a shim that is not
@@ -227,13 +231,10 @@ async fn start_pause(
     Ok(Some(child))
 }
 
-/// Writes the pod's state (as [`Shared::record`] does, before there is a `Shared`).
+/// Writes the pod's state (what the kubelet reads).
 fn write_state(dir: &Path, st: &PodState) {
-    let tmp = dir.join("state.json.tmp");
     if let Ok(b) = serde_json::to_vec(st) {
-        if std::fs::write(&tmp, b).is_ok() {
-            let _ = std::fs::rename(&tmp, state_path(dir));
-        }
+        let _ = write_whole(&state_path(dir), &b);
     }
 }
 
@@ -248,12 +249,7 @@ impl Shared {
     async fn record(&self, f: impl FnOnce(&mut PodState)) {
         let mut st = self.state.lock().await;
         f(&mut st);
-        let tmp = self.dir.join("state.json.tmp");
-        if let Ok(b) = serde_json::to_vec(&*st) {
-            if std::fs::write(&tmp, b).is_ok() {
-                let _ = std::fs::rename(&tmp, state_path(&self.dir));
-            }
-        }
+        write_state(&self.dir, &st);
     }
 }
 
@@ -630,10 +626,7 @@ async fn run_once(
     for h in outs.into_iter().flatten() {
         let _ = h.await;
     }
-    use std::os::unix::process::ExitStatusExt;
-    let code = status
-        .code()
-        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    let code = crate::exec::exit_code(status);
     let oom = cgroup.as_ref().is_some_and(|cg| cg.oom_killed());
     if let Some(cg) = &cgroup {
         cg.remove();
