@@ -41,7 +41,7 @@ fn wait_running(c: &Cluster, name: &str) {
             return;
         }
         let uid = p["metadata"]["uid"].as_str().unwrap_or("");
-        let dir = c.data.join("kubelet/pods").join(uid);
+        let dir = c.pod_dir(uid);
         assert!(
             Instant::now() < deadline,
             "{name} is not Running: {p}\nshim log: {}\nplan: {}\nkubelet log:\n{}",
@@ -326,7 +326,7 @@ fn pod_create_delete_cycles_leave_nothing_behind() {
     let out = std::process::Command::new("nsenter")
         .args(["-t", &up, "-m", "--", "sh", "-c"])
         .arg(format!(
-            "ls {0} | wc -l; grep {1} /proc/self/mountinfo | grep -vc cgroup-dynmods || true; ls {2} | wc -l",
+            "ls {0} | wc -l; grep {1} /proc/self/mountinfo | grep -v cgroup-dynmods | grep -vc ' {2} ' || true; ls {2} | wc -l; grep ' {2} ' /proc/self/mountinfo | grep -c ' - tmpfs ' || true",
             c.data.join("run/netns").display(),
             c.data.display(),
             c.data.join("kubelet/pods").display()
@@ -336,10 +336,11 @@ fn pod_create_delete_cycles_leave_nothing_behind() {
     let text = String::from_utf8_lossy(&out.stdout);
     let nums: Vec<&str> = text.split_whitespace().collect();
     // No network namespace, no mount under the data dir (pod namespaces, container roots; the
-    // kubelet's own cgroup-dynmods mount aside), no pod directory.
+    // kubelet's own cgroup-dynmods and state tmpfs aside), no pod directory; the kubelet's
+    // per-pod state is on its tmpfs.
     assert_eq!(
         nums,
-        vec!["0", "0", "0"],
+        vec!["0", "0", "0", "1"],
         "namespaces, mounts or pod directories left: {text}"
     );
     let ipam: Value =

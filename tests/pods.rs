@@ -1010,10 +1010,8 @@ fn pod_sandbox_and_share_process_namespace() {
 /// The host PID of a running container's PID 1, from the shim's state.
 fn container_pid(c: &Cluster, p: &Value, container: &str) -> i32 {
     let uid = p["metadata"]["uid"].as_str().unwrap();
-    let st: Value = serde_json::from_slice(
-        &std::fs::read(c.data.join("kubelet/pods").join(uid).join("state.json")).unwrap(),
-    )
-    .unwrap();
+    let st: Value =
+        serde_json::from_slice(&std::fs::read(c.pod_dir(uid).join("state.json")).unwrap()).unwrap();
     st["containers"]
         .as_array()
         .unwrap()

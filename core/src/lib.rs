@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod config;
+pub mod controller;
 pub mod fields;
 pub mod json;
 pub mod kubeclient;

@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::controller::Action;
 use kube::runtime::reflector::Store;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::json;
+use skiff_core::controller::Action;
 use skiff_core::quantity::{parse_bytes, parse_millicores};
 use thiserror::Error;
 
@@ -421,23 +421,24 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             bound.insert(uid.clone(), (c, m, std::time::Instant::now()));
         }
         drop(bound);
-        match res {
-            Ok(_) => {
-                event(
-                    &ctx.client,
-                    &pod,
-                    "Normal",
-                    "Scheduled",
-                    &format!("Successfully assigned {ns}/{name} to {}", ctx.node),
-                    "default-scheduler",
-                    &ctx.node,
-                )
-                .await
+        return match res {
+            Ok(bound_pod) => {
+                // The event is written on the side, and the bound pod is started at once
+                // rather than when its binding comes back through the watch (that reconcile
+                // then finds it started).
+                let (client, node, pod) = (ctx.client.clone(), ctx.node.clone(), pod.clone());
+                tokio::spawn(async move {
+                    let msg = format!("Successfully assigned {ns}/{name} to {node}");
+                    let (ty, reason, from) = ("Normal", "Scheduled", "default-scheduler");
+                    event(&client, &pod, ty, reason, &msg, from, &node).await
+                });
+                Box::pin(reconcile(Arc::new(bound_pod), ctx)).await
             }
-            Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
-        return Ok(Action::await_change());
+            Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {
+                Ok(Action::await_change())
+            }
+            Err(e) => Err(e.into()),
+        };
     }
     if node != ctx.node {
         return Ok(Action::await_change());

@@ -40,6 +40,49 @@ pub struct InitConfig {
     /// In the node's UTS namespace (`hostNetwork`): the hostname is the node's, not set here.
     #[serde(default)]
     pub host_uts: bool,
+    /// Started ahead of the pod's network: once the root is built, wait on stdin for the final
+    /// config (see [`finish_config`]) before running the command.
+    #[serde(default)]
+    pub wait_for_go: bool,
+}
+
+/// Takes from the final config what may have changed once the pod had its address: the
+/// command, environment and user, and /etc/hosts (the root, hostname and mounts stay as
+/// built). Also says whether /etc/hosts has to be written again.
+fn merge_final(mut cfg: InitConfig, fin: InitConfig) -> (InitConfig, bool) {
+    let hosts_changed = fin.hosts != cfg.hosts;
+    cfg.hosts = fin.hosts;
+    cfg.argv = fin.argv;
+    cfg.env = fin.env;
+    cfg.working_dir = fin.working_dir;
+    cfg.uid = fin.uid;
+    cfg.gid = fin.gid;
+    cfg.privileged = fin.privileged;
+    cfg.wait_for_go = false;
+    (cfg, hosts_changed)
+}
+
+/// Waits for the shim's go: one line with the final config on stdin, which is then replaced by
+/// /dev/null (the container's stdin). End of input without one: the shim gave the start up.
+fn wait_for_go(cfg: InitConfig) -> Result<InitConfig> {
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("waiting for the pod's network")?;
+    if line.trim().is_empty() {
+        bail!("the container's start was called off");
+    }
+    let fin: InitConfig = serde_json::from_str(&line).context("the final container config")?;
+    let null = std::fs::File::open("/dev/null")?;
+    nix::unistd::dup2_stdin(&null).context("stdin")?;
+    let (cfg, hosts_changed) = merge_final(cfg, fin);
+    // After the pivot: this is the container's /etc/hosts (a bind of its own file).
+    if hosts_changed {
+        std::fs::write("/etc/hosts", &cfg.hosts).context("writing /etc/hosts")?;
+    }
+    Ok(cfg)
 }
 
 /// The capabilities a container gets by default, as containerd grants them.
@@ -285,7 +328,7 @@ pub fn main(config: &Path) -> std::process::ExitCode {
 }
 
 pub fn run(cfg: &InitConfig) -> Result<()> {
-    if cfg.argv.is_empty() {
+    if cfg.argv.is_empty() && !cfg.wait_for_go {
         bail!(
             "the container has no command (skiff runs `command`/`args`; images have no entrypoint)"
         );
@@ -308,6 +351,16 @@ pub fn run(cfg: &InitConfig) -> Result<()> {
         nix::unistd::sethostname(&cfg.hostname)?;
     }
     pivot(&root)?;
+    let owned;
+    let cfg = if cfg.wait_for_go {
+        owned = wait_for_go(cfg.clone())?;
+        if owned.argv.is_empty() {
+            bail!("the container has no command (skiff runs `command`/`args`; images have no entrypoint)");
+        }
+        &owned
+    } else {
+        cfg
+    };
     let wd = if cfg.working_dir.is_empty() {
         "/".to_string()
     } else {
@@ -359,4 +412,52 @@ pub fn run(cfg: &InitConfig) -> Result<()> {
     // exec only returns on failure; 127/126 as shells report "not found"/"not executable".
     let _ = CString::new("");
     bail!("exec {:?}: {err}", cfg.argv[0])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(hosts: &str, argv: &[&str]) -> InitConfig {
+        InitConfig {
+            hostname: "p".into(),
+            lower: "/".into(),
+            scratch: "/s".into(),
+            hosts: hosts.into(),
+            resolv_conf: "nameserver 10.96.0.10\n".into(),
+            masked: vec!["/data".into()],
+            argv: argv.iter().map(|a| a.to_string()).collect(),
+            env: vec![],
+            working_dir: String::new(),
+            uid: None,
+            gid: None,
+            cgroup_procs: vec![],
+            privileged: false,
+            host_uts: false,
+            wait_for_go: true,
+        }
+    }
+
+    #[test]
+    fn final_config_brings_address_dependent_parts_only() {
+        let early = cfg("127.0.0.1 localhost\n", &["sleep", "1"]);
+        let mut fin = cfg(
+            "127.0.0.1 localhost\n10.244.0.5 p\n",
+            &["sh", "-c", "echo $IP"],
+        );
+        fin.env = vec![("IP".into(), "10.244.0.5".into())];
+        fin.uid = Some(1000);
+        fin.lower = "/elsewhere".into();
+        let (got, hosts_changed) = merge_final(early, fin);
+        assert!(hosts_changed);
+        assert_eq!(got.argv, ["sh", "-c", "echo $IP"]);
+        assert_eq!(got.env, [("IP".to_string(), "10.244.0.5".to_string())]);
+        assert_eq!(got.uid, Some(1000));
+        assert!(got.hosts.contains("10.244.0.5 p"));
+        // The root was built from the early config and stays.
+        assert_eq!(got.lower, "/");
+        assert!(!got.wait_for_go);
+        let (_, again) = merge_final(got.clone(), got);
+        assert!(!again);
+    }
 }

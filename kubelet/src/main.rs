@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{watcher, Controller};
+use kube::runtime::watcher;
 use skiff_core::config::{self, Cidr, Paths};
+use skiff_core::controller::Controller;
 use skiff_kubelet::controller::{error_policy, reconcile, Ctx};
 use skiff_kubelet::node::{node_object, node_status, HostInfo, RESERVED_MEMORY};
 use skiff_kubelet::plan::Facts;
@@ -137,7 +137,7 @@ async fn run(
         .context("registering the node")?;
     let pods_dir = data_dir.join("kubelet/pods");
     let logs_dir = data_dir.join("logs/pods");
-    std::fs::create_dir_all(&pods_dir)?;
+    skiff_kubelet::sandbox::mount_state_dir(&pods_dir)?;
     std::fs::create_dir_all(&logs_dir)?;
     let facts = Facts {
         cluster_domain,
@@ -251,7 +251,6 @@ async fn run(
         .reconcile_on(triggers)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx.clone())
-        .for_each(|_| async {})
         .await;
     tracing::info!("kubelet stopping: stopping every pod");
     let _ = std::fs::remove_file(paths.run().join("kubelet.ready"));
@@ -270,6 +269,7 @@ async fn run(
         skiff_kubelet::sandbox::release(&d.path());
         let _ = std::fs::remove_dir_all(d.path());
     }
+    skiff_kubelet::sandbox::unmount_state_dir(&ctx.pods_dir);
     skiff_kubelet::cgroup::sweep(&ctx.cgroup_cluster);
     if dynmods {
         skiff_kubelet::cgroup::release_dynmods(&dynmods_dir);

@@ -127,8 +127,37 @@ pub fn spawn_in(
         }
         // The child's pipes and exit belong to the shim's runtime.
         let _guard = handle.enter();
-        Ok(cmd.spawn()?)
+        let r = cmd.spawn()?;
+        Ok(r)
     })
     .join()
     .map_err(|_| anyhow::anyhow!("the spawning thread panicked"))?
+}
+
+/// Puts the kubelet's per-pod state directory (plans, states, PID files, the sandbox's
+/// namespace mounts) on a tmpfs of its own, as containerd keeps its shims' state under /run:
+/// it is volatile by nature (pods are recreated after a node restart) and is written on every
+/// pod's start path, where files on a disk filesystem wait behind journal commits of the API
+/// server's synchronous writes. Kept while the kubelet restarts (pods outlive it); already a
+/// tmpfs: nothing to do.
+pub fn mount_state_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let is_tmpfs = nix::sys::statfs::statfs(dir)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
+    if !is_tmpfs {
+        mount(
+            Some("tmpfs"),
+            dir,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=0700"),
+        )
+        .with_context(|| format!("mounting a tmpfs on {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Removes the state directory's tmpfs (once every pod is gone).
+pub fn unmount_state_dir(dir: &Path) {
+    while umount2(dir, MntFlags::MNT_DETACH).is_ok() {}
 }

@@ -112,12 +112,18 @@ pub fn network_ready(dir: &Path) {
     }
 }
 
+/// Early-started containers, by (init container?, name).
+type Early = Vec<(bool, String, Spawned)>;
+
 /// Waits until the plan has the pod's address (the kubelet rewrites it when netd is done);
-/// `None` if told to stop meanwhile.
+/// `None` if told to stop meanwhile. While it waits, the first containers are started as soon
+/// as netd has made the network namespace (see [`start_early`]).
 async fn wait_for_network(
     dir: &Path,
     term: &mut tokio::signal::unix::Signal,
-) -> Result<Option<PodPlan>> {
+    plan: &PodPlan,
+    ns: &crate::sandbox::Namespaces,
+) -> Result<(Option<PodPlan>, Early)> {
     let path = sock_path(dir);
     let _ = std::fs::remove_file(&path);
     let sock = tokio::net::UnixDatagram::bind(&path)?;
@@ -126,19 +132,37 @@ async fn wait_for_network(
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     }
     let mut buf = [0u8; 64];
+    let mut early = Vec::new();
+    // netd makes the namespace within milliseconds of the pod's creation; looked for briefly.
+    let mut look_until = (!plan.share_process_namespace)
+        .then(|| tokio::time::Instant::now() + Duration::from_millis(250));
     let plan = loop {
         if let Some(p) = read_plan(dir).filter(|p| !p.pod_ip.is_empty()) {
             break Some(p);
         }
+        if look_until.is_some() && ns.net.as_deref().is_some_and(crate::sandbox::is_mounted) {
+            look_until = None;
+            early = start_early(plan, dir, ns).await;
+            continue;
+        }
+        let tick = match look_until {
+            Some(t) if tokio::time::Instant::now() < t => Duration::from_millis(1),
+            // A fallback: the kubelet's word may have been lost.
+            _ => Duration::from_secs(1),
+        };
         tokio::select! {
             _ = sock.recv(&mut buf) => {}
             _ = term.recv() => break None,
-            // A fallback: the kubelet's word may have been lost.
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::time::sleep(tick) => {}
         }
     };
     let _ = std::fs::remove_file(&path);
-    Ok(plan)
+    if plan.is_none() {
+        for (_, _, s) in early.drain(..) {
+            s.abandon().await;
+        }
+    }
+    Ok((plan, early))
 }
 
 pub fn read_state(dir: &Path) -> Option<PodState> {
@@ -178,6 +202,8 @@ struct Shared {
     /// Where to tell the kubelet that the state changed (see [`notify`]).
     notify: String,
     uid: String,
+    /// Containers started ahead of the network (see [`start_early`]), until they are run.
+    early: Mutex<Vec<(bool, String, Spawned)>>,
 }
 
 /// The pod sandbox: its UTS and IPC namespaces (bind-mounted in the pod's directory) and, with
@@ -239,6 +265,13 @@ fn write_state(dir: &Path, st: &PodState) {
 }
 
 impl Shared {
+    /// The early-started process of a container, if there is one.
+    async fn take_early(&self, init: bool, name: &str) -> Option<Spawned> {
+        let mut early = self.early.lock().await;
+        let i = early.iter().position(|(i, n, _)| *i == init && n == name)?;
+        Some(early.remove(i).2)
+    }
+
     /// Changes the recorded state and tells the kubelet.
     async fn update(&self, f: impl FnOnce(&mut PodState)) {
         self.record(f).await;
@@ -426,24 +459,34 @@ async fn probe_loop(
 }
 
 /// Runs one container once; returns its exit code (128+signal when killed).
-async fn run_once(
-    plan: &PodPlan,
-    c: &ContainerPlan,
-    shared: &Arc<Shared>,
-    restart: i32,
-    stop: &mut watch::Receiver<bool>,
-    init: bool,
-) -> Result<i32> {
-    let cdir = shared.dir.join("containers").join(&c.name);
-    std::fs::create_dir_all(&cdir)?;
-    let cfg = InitConfig {
+/// A container's process from its spawn until it runs its command: the init, its output
+/// pumps and its cgroup.
+struct Spawned {
+    child: tokio::process::Child,
+    pid: u32,
+    cgroup: Option<crate::cgroup::Cgroup>,
+    log: Arc<Mutex<tokio::fs::File>>,
+    outs: [Option<tokio::task::JoinHandle<()>>; 2],
+    started_rx: tokio::sync::oneshot::Receiver<()>,
+    /// Started early (ahead of the pod's network): where its final config goes.
+    go: Option<tokio::process::ChildStdin>,
+}
+
+/// The container init's config for a run of `c`.
+fn init_config(plan: &PodPlan, c: &ContainerPlan, dir: &Path) -> InitConfig {
+    InitConfig {
         hostname: plan.hostname.clone(),
         lower: if c.image.is_empty() || c.image == "host" {
             "/".into()
         } else {
             c.image.clone()
         },
-        scratch: cdir.join("rootfs").display().to_string(),
+        scratch: dir
+            .join("containers")
+            .join(&c.name)
+            .join("rootfs")
+            .display()
+            .to_string(),
         hosts: plan.hosts.clone(),
         resolv_conf: plan.resolv_conf.clone(),
         masked: plan.masked.clone(),
@@ -455,7 +498,25 @@ async fn run_once(
         cgroup_procs: Vec::new(),
         privileged: c.privileged,
         host_uts: plan.host_network,
-    };
+        wait_for_go: false,
+    }
+}
+
+/// Spawns run `restart` of container `c` in the pod's namespaces. With `early`, the init builds
+/// the container's root and then waits for its final config ([`Spawned::go`]): the pod's
+/// network is not done yet.
+async fn spawn_container(
+    plan: &PodPlan,
+    c: &ContainerPlan,
+    dir: &Path,
+    ns: &crate::sandbox::Namespaces,
+    restart: i32,
+    early: bool,
+) -> Result<Spawned> {
+    let cdir = dir.join("containers").join(&c.name);
+    std::fs::create_dir_all(&cdir)?;
+    let mut cfg = init_config(plan, c, dir);
+    cfg.wait_for_go = early;
     // Limits: a cgroup per container run, joined by the init before it execs. A container
     // without limits has nothing to enforce and stays out of one: no cgroup to make, join and
     // remove (and none left dying in the kernel) on its start path.
@@ -471,7 +532,6 @@ async fn run_once(
     } else {
         None
     };
-    let mut cfg = cfg;
     cfg.cgroup_procs = cgroup
         .as_ref()
         .map(|cg| cg.procs_files())
@@ -492,10 +552,10 @@ async fn run_once(
     let mut cmd = tokio::process::Command::new(kubelet_exe());
     cmd.args(["init", "--config"])
         .arg(&cfg_path)
-        .stdin(Stdio::null())
+        .stdin(if early { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = crate::sandbox::spawn_in(&shared.ns, cmd).context("starting the container")?;
+    let mut child = crate::sandbox::spawn_in(ns, cmd).context("starting the container")?;
     let pid = child.id().unwrap_or(0);
     let (started_tx, started_rx) = tokio::sync::oneshot::channel();
     let outs = [
@@ -508,6 +568,115 @@ async fn run_once(
             .take()
             .map(|e| tokio::spawn(pump(e, "stderr", log.clone(), None))),
     ];
+    let go = child.stdin.take();
+    Ok(Spawned {
+        child,
+        pid,
+        cgroup,
+        log,
+        outs,
+        started_rx,
+        go,
+    })
+}
+
+impl Spawned {
+    /// Sends an early-started init its final config (the command may now run).
+    async fn go(&mut self, cfg: &InitConfig) -> Result<()> {
+        if let Some(mut w) = self.go.take() {
+            let mut line = serde_json::to_vec(cfg)?;
+            line.push(b'\n');
+            // An init that died meanwhile is seen exiting by the caller.
+            let _ = w.write_all(&line).await;
+        }
+        Ok(())
+    }
+
+    /// Calls off an early start: the init ends without running anything.
+    async fn abandon(mut self) {
+        drop(self.go.take());
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+        for h in self.outs.into_iter().flatten() {
+            let _ = h.await;
+        }
+        if let Some(cg) = &self.cgroup {
+            cg.remove();
+        }
+    }
+}
+
+/// Whether an early-started init is in the pod's network namespace as it is now (netd may
+/// have made it again meanwhile).
+fn in_netns(pid: u32, netns: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (
+        std::fs::metadata(format!("/proc/{pid}/ns/net")),
+        std::fs::metadata(netns),
+    ) {
+        (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+        _ => false,
+    }
+}
+
+/// Containers started ahead of the pod's network: the first ones to run (the first init
+/// container, or else every container), once netd has made the network namespace. Their
+/// roots are built while netd finishes the network; [`run_once`] sends them their final
+/// configs. Not with a shared PID namespace (its pause process comes with the network).
+async fn start_early(
+    plan: &PodPlan,
+    dir: &Path,
+    ns: &crate::sandbox::Namespaces,
+) -> Vec<(bool, String, Spawned)> {
+    let first: Vec<(bool, &ContainerPlan)> = match plan.init_containers.first() {
+        Some(c) => vec![(true, c)],
+        None => plan.containers.iter().map(|c| (false, c)).collect(),
+    };
+    let mut out = Vec::new();
+    for (init, c) in first {
+        // Failures show again, and are reported, when the container is started normally.
+        if let Ok(s) = spawn_container(plan, c, dir, ns, 0, true).await {
+            out.push((init, c.name.clone(), s));
+        }
+    }
+    out
+}
+
+async fn run_once(
+    plan: &PodPlan,
+    c: &ContainerPlan,
+    shared: &Arc<Shared>,
+    restart: i32,
+    stop: &mut watch::Receiver<bool>,
+    init: bool,
+) -> Result<i32> {
+    let early = if restart == 0 {
+        shared.take_early(init, &c.name).await
+    } else {
+        None
+    };
+    let early = match early {
+        Some(s) if shared.ns.net.as_ref().is_some_and(|n| in_netns(s.pid, n)) => Some(s),
+        Some(s) => {
+            s.abandon().await;
+            None
+        }
+        None => None,
+    };
+    let mut sp = match early {
+        Some(mut s) => {
+            s.go(&init_config(plan, c, &shared.dir)).await?;
+            s
+        }
+        None => spawn_container(plan, c, &shared.dir, &shared.ns, restart, false).await?,
+    };
+    let (pid, cgroup, log) = (sp.pid, sp.cgroup.take(), sp.log.clone());
+    let Spawned {
+        mut child,
+        outs,
+        started_rx,
+        ..
+    } = sp;
     // Running once the init has set the container up and is about to exec its command.
     let mut exited = tokio::select! {
         r = started_rx => match r {
@@ -823,10 +992,10 @@ pub async fn run(dir: &Path) -> Result<()> {
     // waiting state reaches the API at the kubelet's next look otherwise).
     write_state(dir, &initial);
     // Started before netd was done: the containers wait for the pod's address.
-    let plan = if plan.pod_ip.is_empty() && !plan.host_network {
-        match wait_for_network(dir, &mut term).await? {
-            Some(p) => Arc::new(p),
-            None => {
+    let (plan, early) = if plan.pod_ip.is_empty() && !plan.host_network {
+        match wait_for_network(dir, &mut term, &plan, &ns).await? {
+            (Some(p), early) => (Arc::new(p), early),
+            (None, _) => {
                 crate::sandbox::release(dir);
                 let mut st = initial;
                 st.stopped = true;
@@ -838,7 +1007,7 @@ pub async fn run(dir: &Path) -> Result<()> {
             }
         }
     } else {
-        plan
+        (plan, Vec::new())
     };
     let mut pause = start_pause(&plan, dir, &mut ns).await?;
     let shared = Arc::new(Shared {
@@ -847,6 +1016,7 @@ pub async fn run(dir: &Path) -> Result<()> {
         ns,
         notify: plan.notify.clone(),
         uid: plan.uid.clone(),
+        early: Mutex::new(early),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let work = {
@@ -887,6 +1057,10 @@ pub async fn run(dir: &Path) -> Result<()> {
             let _ = stop_tx.send(true);
             work.await;
         }
+    }
+    // Early starts never run (stopped before their turn).
+    for (_, _, sp) in shared.early.lock().await.drain(..) {
+        sp.abandon().await;
     }
     // The sandbox goes last (with a PID namespace, its end takes any stray process along).
     if let Some(p) = pause.as_mut() {

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::controller::Action;
 use kube::runtime::reflector::Store;
 use serde_json::json;
+use skiff_core::controller::Action;
 use thiserror::Error;
 
 use crate::ipam::{Ipam, IpamError};
@@ -60,6 +60,9 @@ pub struct Ctx<L: PodLinks> {
     /// change of a pod reconciles it again, and the netlink round trips of a full check are not
     /// needed for each (a check older than [`RECHECK`] is redone; a restart starts empty).
     pub verified: Mutex<HashMap<String, (Ipv4Addr, Instant)>>,
+    /// Per pod UID, the address last written to its status and when: a reconcile that runs
+    /// before that write comes back through the watch does not write it again.
+    pub published: Mutex<HashMap<String, (Ipv4Addr, Instant)>>,
 }
 
 /// How long a pod's verified network is trusted before the next reconcile checks it again.
@@ -272,7 +275,12 @@ pub async fn reconcile<L: PodLinks>(pod: Arc<Pod>, ctx: Arc<Ctx<L>>) -> Result<A
         // is a change this controller sees.
         return Ok(Action::await_change());
     }
-    if current.as_deref() != Some(&ip.to_string()) {
+    let just_published = {
+        let mut published = ctx.published.lock().unwrap_or_else(|e| e.into_inner());
+        published.retain(|_, (_, at)| at.elapsed() < Duration::from_secs(5));
+        published.get(&uid).is_some_and(|(p, _)| *p == ip)
+    };
+    if current.as_deref() != Some(&ip.to_string()) && !just_published {
         // The pod's processes start once its address is reported: policies that concern it
         // must be in force by then.
         if let Some(g) = generation {
@@ -288,7 +296,12 @@ pub async fn reconcile<L: PodLinks>(pod: Arc<Pod>, ctx: Arc<Ctx<L>>) -> Result<A
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
             .await
         {
-            Ok(_) => {}
+            Ok(_) => {
+                ctx.published
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(uid.clone(), (ip, Instant::now()));
+            }
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => return Err(e.into()),
         }

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
-use kube::runtime::{watcher, Controller};
+use kube::runtime::watcher;
 use skiff_core::config::{self, Cidr, Paths};
+use skiff_core::controller::Controller;
 use skiff_netd::controller::{error_policy, reconcile, Ctx};
 use skiff_netd::ipam::Ipam;
 use skiff_netd::link::{Kernel, PodLinks};
@@ -102,6 +102,7 @@ async fn main() -> Result<()> {
         policies: policies.clone(),
         seen: Mutex::new(Default::default()),
         verified: Mutex::new(Default::default()),
+        published: Mutex::new(Default::default()),
     });
 
     // Restart safety: drop whatever no existing pod explains before reconciling.
@@ -153,7 +154,6 @@ async fn main() -> Result<()> {
     controller
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx.clone())
-        .for_each(|_| async {})
         .await;
     sync.abort();
 

@@ -260,6 +260,17 @@ impl Cluster {
             .ok()
     }
 
+    /// A pod's kubelet state directory, as the cluster sees it: the kubelet keeps it on a tmpfs
+    /// mounted in the cluster's mount namespace, so it is read through `skiff up`'s root.
+    pub fn pod_dir(&self, uid: &str) -> PathBuf {
+        let data = self.data.join("kubelet/pods").join(uid);
+        match self.up_pid() {
+            Some(up) => PathBuf::from(format!("/proc/{up}/root"))
+                .join(data.strip_prefix("/").unwrap_or(&data)),
+            None => data,
+        }
+    }
+
     /// A command run inside a pod's network namespace (as a container of it would be).
     pub fn in_pod_netns(&self, pod_uid: &str, program: &str) -> Command {
         let up = self.up_pid().expect("skiff up pid");

@@ -1,0 +1,338 @@
+//! A controller runner in the shape of kube-runtime's `Controller` (watch → reflector cache →
+//! per-object reconcile, level-based, never two reconciles of one object at once, requeue
+//! after a delay), that starts a reconcile as soon as its trigger arrives.
+//!
+//! kube-runtime's scheduler keeps even immediate requests in a `DelayQueue`, which rounds
+//! deadlines up to the next millisecond tick of the timer: each hop through it costs 1-2 ms.
+//! A pod's start crosses three such hops (the kubelet binding it, netd making its network,
+//! the kubelet handing the address to the pod's shim), so they were most of the start
+//! latency. Here only requeues wait on timers; watch events and explicit triggers are
+//! dispatched at once. The watch, the cache and their back-off are kube-runtime's.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Resource};
+use serde::de::DeserializeOwned;
+
+/// What a reconcile asks for next: another run after a delay, or nothing until a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Action {
+    requeue_after: Option<Duration>,
+}
+
+impl Action {
+    /// Reconcile again after `d` even without a change (a fallback, or a retry).
+    pub const fn requeue(d: Duration) -> Self {
+        Action {
+            requeue_after: Some(d),
+        }
+    }
+
+    /// Reconcile again only when the object (or an explicit trigger) says so.
+    pub const fn await_change() -> Self {
+        Action {
+            requeue_after: None,
+        }
+    }
+
+    pub fn requeue_after(&self) -> Option<Duration> {
+        self.requeue_after
+    }
+}
+
+/// Per-object bookkeeping: which objects are being reconciled, which need another run when
+/// that ends, and which requeue timer is current. Pure; the runner acts on its answers.
+#[derive(Debug)]
+pub struct Queue<T> {
+    objects: HashMap<T, Entry>,
+}
+
+#[derive(Debug, Default)]
+struct Entry {
+    running: bool,
+    /// Triggered while running: run again when this run ends.
+    dirty: bool,
+    /// The current requeue timer (older timers are ignored when they fire).
+    timer: u64,
+}
+
+impl<T: Hash + Eq + Clone> Default for Queue<T> {
+    fn default() -> Self {
+        Queue {
+            objects: HashMap::new(),
+        }
+    }
+}
+
+impl<T: Hash + Eq + Clone> Queue<T> {
+    /// A change or an explicit trigger: true if a reconcile is to start now (otherwise one is
+    /// running and another follows it).
+    pub fn trigger(&mut self, key: &T) -> bool {
+        let e = self.objects.entry(key.clone()).or_default();
+        // Any pending requeue is superseded by this run.
+        e.timer += 1;
+        if e.running {
+            e.dirty = true;
+            false
+        } else {
+            e.running = true;
+            true
+        }
+    }
+
+    /// A reconcile ended asking for `requeue`. Returns whether to start another at once, and
+    /// otherwise the timer to set (delay and token for [`Queue::timer_fired`]).
+    pub fn finished(
+        &mut self,
+        key: &T,
+        requeue: Option<Duration>,
+    ) -> (bool, Option<(Duration, u64)>) {
+        let Some(e) = self.objects.get_mut(key) else {
+            return (false, None);
+        };
+        if e.dirty {
+            e.dirty = false;
+            return (true, None);
+        }
+        e.running = false;
+        match requeue {
+            Some(d) => {
+                e.timer += 1;
+                (false, Some((d, e.timer)))
+            }
+            None => {
+                self.objects.remove(key);
+                (false, None)
+            }
+        }
+    }
+
+    /// A requeue timer fired: true if a reconcile is to start now.
+    pub fn timer_fired(&mut self, key: &T, token: u64) -> bool {
+        match self.objects.get(key) {
+            Some(e) if e.timer == token => self.trigger(key),
+            _ => false,
+        }
+    }
+
+    /// The object is gone from the cache: nothing more to run for it.
+    pub fn forget(&mut self, key: &T) {
+        self.objects.remove(key);
+    }
+
+    /// Reconciles in progress.
+    pub fn running(&self) -> usize {
+        self.objects.values().filter(|e| e.running).count()
+    }
+}
+
+type BoxStream<T> = std::pin::Pin<Box<dyn Stream<Item = T> + Send>>;
+type BoxFuture = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A controller for one kind: its watch feeds a reflector cache ([`Controller::store`]) and
+/// triggers reconciles; more triggers can be added ([`Controller::reconcile_on`]).
+pub struct Controller<K>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Hash + Eq + Clone + Default,
+{
+    store: Store<K>,
+    triggers: futures::stream::SelectAll<BoxStream<ObjectRef<K>>>,
+    shutdown: BoxFuture,
+}
+
+impl<K> Controller<K>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Hash + Eq + Clone + Default + Send + Sync,
+{
+    pub fn new(api: Api<K>, wc: watcher::Config) -> Self {
+        let writer = reflector::store::Writer::<K>::default();
+        let store = writer.as_reader();
+        // An object is reconciled once the cache has it: on a change, and after a (re)list
+        // for every object, once the list is whole (the cache takes a list in one piece).
+        let cache = store.clone();
+        let objects = reflector::reflector(writer, watcher(api, wc))
+            .default_backoff()
+            .flat_map(move |r| {
+                let keys: Vec<ObjectRef<K>> = match r {
+                    Ok(watcher::Event::Apply(o)) => vec![ObjectRef::from_obj(&o)],
+                    Ok(watcher::Event::InitDone) => cache
+                        .state()
+                        .iter()
+                        .map(|o| ObjectRef::from_obj(&**o))
+                        .collect(),
+                    Ok(_) => Vec::new(),
+                    Err(e) => {
+                        tracing::warn!("watch failed (retrying): {e}");
+                        Vec::new()
+                    }
+                };
+                futures::stream::iter(keys)
+            });
+        let mut triggers = futures::stream::SelectAll::new();
+        triggers.push(objects.boxed());
+        Controller {
+            store,
+            triggers,
+            shutdown: Box::pin(futures::future::pending()),
+        }
+    }
+
+    /// The cache of the watched objects (the one reconciles read).
+    pub fn store(&self) -> Store<K> {
+        self.store.clone()
+    }
+
+    /// Reconciles the objects this stream names, as it names them.
+    pub fn reconcile_on(mut self, s: impl Stream<Item = ObjectRef<K>> + Send + 'static) -> Self {
+        self.triggers.push(s.boxed());
+        self
+    }
+
+    /// Stops taking triggers once `f` completes; [`Controller::run`] returns when the
+    /// reconciles in progress have ended.
+    pub fn graceful_shutdown_on(mut self, f: impl Future<Output = ()> + Send + 'static) -> Self {
+        self.shutdown = Box::pin(f);
+        self
+    }
+
+    /// Runs until shutdown: each trigger starts a reconcile of the object as the cache has it
+    /// (or, while one runs, one more after it); errors go through `error_policy`.
+    pub async fn run<C, E, F, Fut, P>(self, reconcile: F, error_policy: P, ctx: Arc<C>)
+    where
+        C: Send + Sync + 'static,
+        E: std::fmt::Display + Send + 'static,
+        F: Fn(Arc<K>, Arc<C>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Action, E>> + Send + 'static,
+        P: Fn(Arc<K>, &E, Arc<C>) -> Action + Send + Sync + 'static,
+    {
+        let Controller {
+            store,
+            mut triggers,
+            mut shutdown,
+        } = self;
+        let (reconcile, error_policy) = (Arc::new(reconcile), Arc::new(error_policy));
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (timer_tx, mut timer_rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut queue: Queue<ObjectRef<K>> = Queue::default();
+        let start = |key: ObjectRef<K>, queue: &mut Queue<ObjectRef<K>>| {
+            let Some(obj) = store.get(&key) else {
+                // Deleted meanwhile: nothing to reconcile (finalizers keep what needs work).
+                queue.forget(&key);
+                return;
+            };
+            let (reconcile, error_policy, ctx, done) = (
+                reconcile.clone(),
+                error_policy.clone(),
+                ctx.clone(),
+                done_tx.clone(),
+            );
+            tokio::spawn(async move {
+                let action = match reconcile(obj.clone(), ctx.clone()).await {
+                    Ok(a) => a,
+                    Err(e) => error_policy(obj, &e, ctx),
+                };
+                let _ = done.send((key, action));
+            });
+        };
+        let mut stopping = false;
+        loop {
+            if stopping && queue.running() == 0 {
+                return;
+            }
+            tokio::select! {
+                _ = &mut shutdown, if !stopping => stopping = true,
+                Some(key) = triggers.next(), if !stopping => {
+                    if queue.trigger(&key) {
+                        start(key, &mut queue);
+                    }
+                }
+                Some((key, token)) = timer_rx.recv(), if !stopping => {
+                    if queue.timer_fired(&key, token) {
+                        start(key, &mut queue);
+                    }
+                }
+                Some((key, action)) = done_rx.recv() => {
+                    let (again, timer) = queue.finished(&key, action.requeue_after());
+                    if stopping {
+                        if again {
+                            let _ = queue.finished(&key, None);
+                        }
+                        continue;
+                    }
+                    if again {
+                        start(key, &mut queue);
+                    } else if let Some((d, token)) = timer {
+                        let tx = timer_tx.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(d).await;
+                            let _ = tx.send((key, token));
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_run_at_a_time_and_one_more_after_changes() {
+        let mut q: Queue<&str> = Queue::default();
+        assert!(q.trigger(&"a"));
+        // Changes while it runs fold into one more run.
+        assert!(!q.trigger(&"a"));
+        assert!(!q.trigger(&"a"));
+        assert_eq!(q.running(), 1);
+        assert_eq!(q.finished(&"a", None), (true, None));
+        assert_eq!(q.finished(&"a", None), (false, None));
+        assert_eq!(q.running(), 0);
+        // Other objects are independent.
+        assert!(q.trigger(&"a"));
+        assert!(q.trigger(&"b"));
+        assert_eq!(q.running(), 2);
+    }
+
+    #[test]
+    fn requeues_wait_for_their_timer_and_a_change_supersedes_them() {
+        let mut q: Queue<&str> = Queue::default();
+        assert!(q.trigger(&"a"));
+        let (again, timer) = q.finished(&"a", Some(Duration::from_secs(2)));
+        assert!(!again);
+        let (d, token) = timer.expect("a timer");
+        assert_eq!(d, Duration::from_secs(2));
+        assert!(q.timer_fired(&"a", token));
+        // A timer that fires while the object runs, or after a newer run, does nothing.
+        let (_, t2) = q.finished(&"a", Some(Duration::from_secs(1)));
+        let (_, token2) = t2.expect("a timer");
+        assert!(q.trigger(&"a"));
+        assert!(!q.timer_fired(&"a", token2));
+        assert_eq!(q.finished(&"a", None), (false, None));
+        assert!(!q.timer_fired(&"a", token2));
+        assert_eq!(q.running(), 0);
+    }
+
+    #[test]
+    fn forgotten_objects_leave_nothing_behind() {
+        let mut q: Queue<&str> = Queue::default();
+        assert!(q.trigger(&"a"));
+        q.forget(&"a");
+        assert_eq!(q.running(), 0);
+        assert_eq!(
+            q.finished(&"a", Some(Duration::from_secs(1))),
+            (false, None)
+        );
+        assert!(q.trigger(&"a"));
+    }
+}
