@@ -320,7 +320,14 @@ fn pod_create_delete_cycles_leave_nothing_behind() {
         );
         wait_gone(&c, &name);
     }
-    let links = host_links(&c);
+    assert_nothing_left(&c);
+    c.stop();
+}
+
+/// No veth, network namespace, mount under the data dir (but the kubelet's own), pod
+/// directory, address or process of a pod is left.
+fn assert_nothing_left(c: &Cluster) {
+    let links = host_links(c);
     assert!(!links.contains("skv"), "veths left: {links}");
     let up = c.up_pid().unwrap().to_string();
     let out = std::process::Command::new("nsenter")
@@ -350,5 +357,44 @@ fn pod_create_delete_cycles_leave_nothing_behind() {
         0,
         "addresses left: {ipam}"
     );
+    let needle = c.data.display().to_string();
+    let procs: Vec<String> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let cmd = String::from_utf8_lossy(&std::fs::read(e.path().join("cmdline")).ok()?)
+                .replace('\0', " ");
+            (cmd.contains(&needle) && cmd.contains("skiff-pod")).then_some(cmd)
+        })
+        .collect();
+    assert!(procs.is_empty(), "pod processes left: {procs:?}");
+}
+
+#[test]
+fn pods_deleted_while_starting_leave_nothing_behind() {
+    if !can_run("pods_deleted_while_starting_leave_nothing_behind") {
+        return;
+    }
+    // Deleted at every stage of their start: before the binding, while netd makes the network
+    // and the shim builds the containers ahead of it, around the address.
+    let c = Cluster::start("early");
+    let names: Vec<String> = (0..30).map(|i| format!("e{i}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        pod(&c, name);
+        std::thread::sleep(Duration::from_millis((i % 10) as u64));
+        let (code, v) = c.curl(
+            "DELETE",
+            &format!("/api/v1/namespaces/default/pods/{name}"),
+            None,
+            "application/json",
+        );
+        assert_eq!(code, 200, "{v}");
+    }
+    for name in &names {
+        wait_gone(&c, name);
+    }
+    assert_eq!(c.shim_count(), 0, "shims left");
+    assert_nothing_left(&c);
     c.stop();
 }
