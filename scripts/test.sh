@@ -12,6 +12,14 @@ echo "== clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== build"
 cargo build --workspace --all-targets
+echo "== test tools"
+# A real gRPC health server for the gRPC probe test, for the python3 containers find on their
+# PATH (the system's, whatever the shell's PATH prefers).
+cpath=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+if ! env PATH=$cpath python3 -c "import grpc, grpc_health.v1.health" 2>/dev/null; then
+  env PATH=$cpath python3 -m pip install -q grpcio grpcio-health-checking 2>/dev/null ||
+    env PATH=$cpath python3 -m pip install -q --break-system-packages grpcio grpcio-health-checking
+fi
 echo "== tests"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

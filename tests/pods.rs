@@ -1230,3 +1230,70 @@ fn lifecycle_hooks_post_start_and_http_pre_stop() {
     assert!(out.contains("GET /pre-stop-hook"), "{out}");
     c.stop();
 }
+
+const GRPC_HEALTH_SERVER: &str = "import grpc, os, time
+from concurrent import futures
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+s = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+h = health.HealthServicer()
+health_pb2_grpc.add_HealthServicer_to_server(h, s)
+s.add_insecure_port('0.0.0.0:50051')
+s.start()
+h.set('', health_pb2.HealthCheckResponse.SERVING)
+while True:
+    up = os.path.exists('/tmp/db-up')
+    h.set('db', health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING)
+    time.sleep(0.1)
+";
+
+#[test]
+fn grpc_probes_speak_the_health_protocol() {
+    if !can_run("grpc_probes_speak_the_health_protocol") {
+        return;
+    }
+    // The python3 a container runs: the first on the container's PATH.
+    let have_grpc = std::process::Command::new("python3")
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .args(["-c", "import grpc, grpc_health.v1.health"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have_grpc {
+        eprintln!("SKIPPED grpc_probes_speak_the_health_protocol: python3 grpcio and grpcio-health-checking are not installed (scripts/test.sh installs them)");
+        return;
+    }
+    let c = Cluster::start("grpc");
+    // Liveness asks for the server as a whole (SERVING), readiness for service `db`, which is
+    // NOT_SERVING until /tmp/db-up exists.
+    create(
+        &c,
+        json!({"metadata": {"name": "rpc"}, "spec": {"terminationGracePeriodSeconds": 0, "containers": [{"name": "c",
+            "command": ["python3", "-u", "-c", GRPC_HEALTH_SERVER],
+            "livenessProbe": {"grpc": {"port": 50051}, "periodSeconds": 1, "failureThreshold": 1},
+            "readinessProbe": {"grpc": {"port": 50051, "service": "db"}, "periodSeconds": 1}}]}}),
+    );
+    let ready = |p: &Value| {
+        p["status"]["conditions"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|x| x["type"] == "Ready" && x["status"] == "True")
+        })
+    };
+    let evs = wait_event(&c, "rpc", "Unhealthy");
+    assert!(
+        evs.iter().any(|e| e["message"]
+            == "Readiness probe failed: service unhealthy (responded with \"NOT_SERVING\")"),
+        "{evs:?}"
+    );
+    assert!(!ready(&get(&c, "rpc")));
+    let o = c.skiff(&["exec", "rpc", "--", "touch", "/tmp/db-up"]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let p = wait_for(&c, "rpc", "Ready", ready);
+    // The liveness probe passed all along: never restarted.
+    assert_eq!(
+        p["status"]["containerStatuses"][0]["restartCount"], 0,
+        "{p}"
+    );
+    c.stop();
+}

@@ -1,7 +1,8 @@
 //! Container probes as the kubelet runs them: `exec` (inside the container's namespaces, with
 //! its environment), `httpGet` over HTTP or HTTPS (2xx/3xx is success; as the kubelet, HTTPS
-//! does not check the server's certificate) and `tcpSocket` (a connection is success), each
-//! bounded by `timeoutSeconds`; and the per-probe bookkeeping of thresholds and delays.
+//! does not check the server's certificate), `tcpSocket` (a connection is success) and `grpc`
+//! (the gRPC health checking protocol over plaintext HTTP/2; SERVING is success), each bounded
+//! by `timeoutSeconds`; and the per-probe bookkeeping of thresholds and delays.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -210,12 +211,157 @@ pub async fn run(p: &Probe, t: &Target) -> Result<(), String> {
                 .map_err(|e| format!("dial tcp {host}:{port}: {e}"))?;
             return Ok(());
         }
-        Err("the probe has no handler (exec, httpGet or tcpSocket)".into())
+        if let Some(g) = &p.grpc {
+            let host = t.pod_ip.clone();
+            let port = u16::try_from(g.port).map_err(|_| format!("invalid port {}", g.port))?;
+            return grpc_health(&host, port, g.service.as_deref().unwrap_or(""), timeout).await;
+        }
+        Err("the probe has no handler (exec, httpGet, tcpSocket or grpc)".into())
     };
     match tokio::time::timeout(timeout, fut).await {
         Ok(r) => r,
         Err(_) => Err(format!("probe timed out after {}s", timeout.as_secs())),
     }
+}
+
+/// The gRPC health checking protocol's request (`grpc.health.v1.HealthCheckRequest`, field 1
+/// `service`) in a gRPC message frame (uncompressed flag, big-endian length).
+pub fn grpc_health_request(service: &str) -> Vec<u8> {
+    let mut msg = Vec::new();
+    if !service.is_empty() {
+        msg.push(0x0a);
+        let mut n = service.len();
+        while n >= 0x80 {
+            msg.push((n as u8 & 0x7f) | 0x80);
+            n >>= 7;
+        }
+        msg.push(n as u8);
+        msg.extend_from_slice(service.as_bytes());
+    }
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&msg);
+    frame
+}
+
+/// The serving status in a `grpc.health.v1.HealthCheckResponse` frame (field 1, an enum; absent
+/// means 0, UNKNOWN), by name.
+pub fn grpc_health_status(frame: &[u8]) -> Result<&'static str, String> {
+    let msg = frame
+        .get(5..)
+        .filter(|_| frame.first() == Some(&0))
+        .ok_or("malformed health response")?;
+    let mut status = 0u64;
+    let mut i = 0;
+    let varint = |i: &mut usize| -> Result<u64, String> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = *msg.get(*i).ok_or("malformed health response")?;
+            *i += 1;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err("malformed health response".into())
+    };
+    while i < msg.len() {
+        let key = varint(&mut i)?;
+        match (key >> 3, key & 7) {
+            (1, 0) => status = varint(&mut i)?,
+            (_, 0) => {
+                varint(&mut i)?;
+            }
+            (_, 2) => {
+                let len = varint(&mut i)? as usize;
+                i = i.checked_add(len).ok_or("malformed health response")?;
+            }
+            _ => return Err("malformed health response".into()),
+        }
+    }
+    Ok(match status {
+        1 => "SERVING",
+        2 => "NOT_SERVING",
+        3 => "SERVICE_UNKNOWN",
+        _ => "UNKNOWN",
+    })
+}
+
+/// A gRPC probe: `grpc.health.v1.Health/Check` over plaintext HTTP/2, as the kubelet does;
+/// healthy only when the answer is SERVING. Messages as the kubelet words them.
+async fn grpc_health(
+    host: &str,
+    port: u16,
+    service: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    use http_body_util::BodyExt;
+    let target = format!("{host}:{port}");
+    let connect_failed = |e: String| {
+        format!(
+            "timeout: failed to connect service {target:?} within {}s: {e}",
+            timeout.as_secs()
+        )
+    };
+    let tcp = tokio::net::TcpStream::connect((host, port))
+        .await
+        .map_err(|e| connect_failed(e.to_string()))?;
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .map_err(|e| connect_failed(e.to_string()))?;
+    let conn = tokio::spawn(conn);
+    let req = hyper::Request::post(format!("http://{target}/grpc.health.v1.Health/Check"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("user-agent", "kube-probe/1.33")
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            grpc_health_request(service),
+        )))
+        .map_err(|e| e.to_string())?;
+    let rpc_failed = |e: String| format!("error: health rpc probe failed: {e}");
+    let result = async {
+        let resp = sender.send_request(req).await.map_err(|e| rpc_failed(e.to_string()))?;
+        if resp.status() != hyper::StatusCode::OK {
+            return Err(rpc_failed(format!("HTTP status {}", resp.status())));
+        }
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.map_err(|e| rpc_failed(e.to_string()))?;
+        // grpc-status comes in the trailers, or in the headers of a trailers-only answer.
+        let trailers = body.trailers().cloned().unwrap_or_default();
+        let field = |name: &str| {
+            trailers
+                .get(name)
+                .or_else(|| headers.get(name))
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        match field("grpc-status").as_deref() {
+            Some("0") => {}
+            Some("12") => {
+                return Err(format!(
+                    "error: this server does not implement the grpc health protocol (grpc.health.v1.Health): {}",
+                    field("grpc-message").unwrap_or_default()
+                ))
+            }
+            Some(code) => {
+                return Err(rpc_failed(format!(
+                    "rpc error: code = {code} desc = {}",
+                    field("grpc-message").unwrap_or_default()
+                )))
+            }
+            None => return Err(rpc_failed("no grpc-status in the answer".into())),
+        }
+        match grpc_health_status(&body.to_bytes())? {
+            "SERVING" => Ok(()),
+            other => Err(format!("service unhealthy (responded with {other:?})")),
+        }
+    }
+    .await;
+    conn.abort();
+    result
 }
 
 /// Thresholds and schedule of one probe.
@@ -274,6 +420,32 @@ impl Tracker {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn grpc_health_messages() {
+        // No service: an empty message; a service: field 1, length-delimited.
+        assert_eq!(grpc_health_request(""), [0, 0, 0, 0, 0]);
+        assert_eq!(
+            grpc_health_request("db"),
+            [0, 0, 0, 0, 4, 0x0a, 2, b'd', b'b']
+        );
+        let long = "s".repeat(200);
+        let req = grpc_health_request(&long);
+        assert_eq!(&req[..8], &[0, 0, 0, 0, 203, 0x0a, 0xc8, 0x01]);
+        assert_eq!(grpc_health_status(&[0, 0, 0, 0, 2, 0x08, 1]), Ok("SERVING"));
+        assert_eq!(
+            grpc_health_status(&[0, 0, 0, 0, 2, 0x08, 2]),
+            Ok("NOT_SERVING")
+        );
+        // An empty message is the default status, UNKNOWN; unknown fields are skipped.
+        assert_eq!(grpc_health_status(&[0, 0, 0, 0, 0]), Ok("UNKNOWN"));
+        assert_eq!(
+            grpc_health_status(&[0, 0, 0, 0, 6, 0x12, 2, b'x', b'y', 0x08, 1]),
+            Ok("SERVING")
+        );
+        assert!(grpc_health_status(&[0, 0]).is_err());
+        assert!(grpc_health_status(&[0, 0, 0, 0, 1, 0x08]).is_err());
+    }
 
     fn probe(v: serde_json::Value) -> Probe {
         serde_json::from_value(v).unwrap()
