@@ -20,6 +20,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
+use tokio_util::time::delay_queue::{self, DelayQueue};
 
 /// What a reconcile asks for next: another run after a delay, or nothing until a change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,89 +48,55 @@ impl Action {
     }
 }
 
-/// Per-object bookkeeping: which objects are being reconciled, which need another run when
-/// that ends, and which requeue timer is current. Pure; the runner acts on its answers.
+/// Per-object bookkeeping: which objects are being reconciled and which need another run when
+/// that ends. Pure; the runner acts on its answers (and keeps the requeue timers).
 #[derive(Debug)]
 pub struct Queue<T> {
-    objects: HashMap<T, Entry>,
-}
-
-#[derive(Debug, Default)]
-struct Entry {
-    running: bool,
-    /// Triggered while running: run again when this run ends.
-    dirty: bool,
-    /// The current requeue timer (older timers are ignored when they fire).
-    timer: u64,
+    /// Objects being reconciled, and whether they were triggered again meanwhile.
+    running: HashMap<T, bool>,
 }
 
 impl<T: Hash + Eq + Clone> Default for Queue<T> {
     fn default() -> Self {
         Queue {
-            objects: HashMap::new(),
+            running: HashMap::new(),
         }
     }
 }
 
 impl<T: Hash + Eq + Clone> Queue<T> {
-    /// A change or an explicit trigger: true if a reconcile is to start now (otherwise one is
-    /// running and another follows it).
+    /// A change, an explicit trigger or a requeue: true if a reconcile is to start now
+    /// (otherwise one is running and another follows it).
     pub fn trigger(&mut self, key: &T) -> bool {
-        let e = self.objects.entry(key.clone()).or_default();
-        // Any pending requeue is superseded by this run.
-        e.timer += 1;
-        if e.running {
-            e.dirty = true;
-            false
-        } else {
-            e.running = true;
-            true
-        }
-    }
-
-    /// A reconcile ended asking for `requeue`. Returns whether to start another at once, and
-    /// otherwise the timer to set (delay and token for [`Queue::timer_fired`]).
-    pub fn finished(
-        &mut self,
-        key: &T,
-        requeue: Option<Duration>,
-    ) -> (bool, Option<(Duration, u64)>) {
-        let Some(e) = self.objects.get_mut(key) else {
-            return (false, None);
-        };
-        if e.dirty {
-            e.dirty = false;
-            return (true, None);
-        }
-        e.running = false;
-        match requeue {
-            Some(d) => {
-                e.timer += 1;
-                (false, Some((d, e.timer)))
+        match self.running.get_mut(key) {
+            Some(again) => {
+                *again = true;
+                false
             }
             None => {
-                self.objects.remove(key);
-                (false, None)
+                self.running.insert(key.clone(), false);
+                true
             }
         }
     }
 
-    /// A requeue timer fired: true if a reconcile is to start now.
-    pub fn timer_fired(&mut self, key: &T, token: u64) -> bool {
-        match self.objects.get(key) {
-            Some(e) if e.timer == token => self.trigger(key),
-            _ => false,
+    /// A reconcile ended: true if another is to start at once (it was triggered meanwhile).
+    pub fn finished(&mut self, key: &T) -> bool {
+        match self.running.get_mut(key) {
+            Some(again) if *again => {
+                *again = false;
+                true
+            }
+            _ => {
+                self.running.remove(key);
+                false
+            }
         }
-    }
-
-    /// The object is gone from the cache: nothing more to run for it.
-    pub fn forget(&mut self, key: &T) {
-        self.objects.remove(key);
     }
 
     /// Reconciles in progress.
     pub fn running(&self) -> usize {
-        self.objects.values().filter(|e| e.running).count()
+        self.running.len()
     }
 }
 
@@ -221,12 +188,15 @@ where
         } = self;
         let (reconcile, error_policy) = (Arc::new(reconcile), Arc::new(error_policy));
         let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
-        let (timer_tx, mut timer_rx) = tokio::sync::mpsc::unbounded_channel();
         let mut queue: Queue<ObjectRef<K>> = Queue::default();
+        // Requeues: one timer per object at most (a later run's answer replaces it; a trigger
+        // drops it, as the run it causes answers anew).
+        let mut timers: DelayQueue<ObjectRef<K>> = DelayQueue::new();
+        let mut timer_keys: HashMap<ObjectRef<K>, delay_queue::Key> = HashMap::new();
         let start = |key: ObjectRef<K>, queue: &mut Queue<ObjectRef<K>>| {
             let Some(obj) = store.get(&key) else {
                 // Deleted meanwhile: nothing to reconcile (finalizers keep what needs work).
-                queue.forget(&key);
+                queue.finished(&key);
                 return;
             };
             let (reconcile, error_policy, ctx, done) = (
@@ -248,36 +218,42 @@ where
             if stopping && queue.running() == 0 {
                 return;
             }
-            tokio::select! {
-                _ = &mut shutdown, if !stopping => stopping = true,
-                Some(key) = triggers.next(), if !stopping => {
-                    if queue.trigger(&key) {
-                        start(key, &mut queue);
-                    }
+            let key = tokio::select! {
+                _ = &mut shutdown, if !stopping => {
+                    stopping = true;
+                    continue;
                 }
-                Some((key, token)) = timer_rx.recv(), if !stopping => {
-                    if queue.timer_fired(&key, token) {
-                        start(key, &mut queue);
-                    }
+                Some(key) = triggers.next(), if !stopping => key,
+                Some(expired) = timers.next(), if !stopping && !timers.is_empty() => {
+                    let key = expired.into_inner();
+                    timer_keys.remove(&key);
+                    key
                 }
                 Some((key, action)) = done_rx.recv() => {
-                    let (again, timer) = queue.finished(&key, action.requeue_after());
-                    if stopping {
-                        if again {
-                            let _ = queue.finished(&key, None);
+                    if queue.finished(&key) {
+                        // Triggered while it ran: once more (unless stopping: then done).
+                        if stopping {
+                            queue.finished(&key);
+                        } else {
+                            start(key, &mut queue);
                         }
-                        continue;
+                    } else if let (Some(d), false) = (action.requeue_after(), stopping) {
+                        match timer_keys.get(&key) {
+                            Some(t) => timers.reset(t, d),
+                            None => {
+                                let t = timers.insert(key.clone(), d);
+                                timer_keys.insert(key, t);
+                            }
+                        }
                     }
-                    if again {
-                        start(key, &mut queue);
-                    } else if let Some((d, token)) = timer {
-                        let tx = timer_tx.clone();
-                        tokio::spawn(async move {
-                            tokio::time::sleep(d).await;
-                            let _ = tx.send((key, token));
-                        });
-                    }
+                    continue;
                 }
+            };
+            if let Some(t) = timer_keys.remove(&key) {
+                timers.remove(&t);
+            }
+            if queue.trigger(&key) {
+                start(key, &mut queue);
             }
         }
     }
@@ -295,44 +271,26 @@ mod tests {
         assert!(!q.trigger(&"a"));
         assert!(!q.trigger(&"a"));
         assert_eq!(q.running(), 1);
-        assert_eq!(q.finished(&"a", None), (true, None));
-        assert_eq!(q.finished(&"a", None), (false, None));
+        assert!(q.finished(&"a"));
+        assert_eq!(q.running(), 1);
+        assert!(!q.finished(&"a"));
         assert_eq!(q.running(), 0);
         // Other objects are independent.
         assert!(q.trigger(&"a"));
         assert!(q.trigger(&"b"));
         assert_eq!(q.running(), 2);
+        assert!(!q.finished(&"b"));
+        assert!(!q.trigger(&"a"));
+        assert!(q.trigger(&"b"));
     }
 
     #[test]
-    fn requeues_wait_for_their_timer_and_a_change_supersedes_them() {
+    fn an_object_gone_before_its_run_leaves_nothing_behind() {
         let mut q: Queue<&str> = Queue::default();
         assert!(q.trigger(&"a"));
-        let (again, timer) = q.finished(&"a", Some(Duration::from_secs(2)));
-        assert!(!again);
-        let (d, token) = timer.expect("a timer");
-        assert_eq!(d, Duration::from_secs(2));
-        assert!(q.timer_fired(&"a", token));
-        // A timer that fires while the object runs, or after a newer run, does nothing.
-        let (_, t2) = q.finished(&"a", Some(Duration::from_secs(1)));
-        let (_, token2) = t2.expect("a timer");
-        assert!(q.trigger(&"a"));
-        assert!(!q.timer_fired(&"a", token2));
-        assert_eq!(q.finished(&"a", None), (false, None));
-        assert!(!q.timer_fired(&"a", token2));
+        // The runner finds no object to reconcile and ends the run at once.
+        assert!(!q.finished(&"a"));
         assert_eq!(q.running(), 0);
-    }
-
-    #[test]
-    fn forgotten_objects_leave_nothing_behind() {
-        let mut q: Queue<&str> = Queue::default();
-        assert!(q.trigger(&"a"));
-        q.forget(&"a");
-        assert_eq!(q.running(), 0);
-        assert_eq!(
-            q.finished(&"a", Some(Duration::from_secs(1))),
-            (false, None)
-        );
         assert!(q.trigger(&"a"));
     }
 }
