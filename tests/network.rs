@@ -369,6 +369,13 @@ fn assert_nothing_left(c: &Cluster) {
         })
         .collect();
     assert!(procs.is_empty(), "pod processes left: {procs:?}");
+    let logs: Vec<_> = std::fs::read_dir(c.data.join("logs/pods"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(logs.is_empty(), "pod logs left: {logs:?}");
 }
 
 #[test]

@@ -367,6 +367,8 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         let _ = tokio::task::spawn_blocking(move || crate::cgroup::remove_pod(&cg)).await;
         crate::sandbox::release(&ctx.pod_dir(&uid));
         let _ = std::fs::remove_dir_all(ctx.pod_dir(&uid));
+        // The containers' logs go with the pod, as the kubelet removes its /var/log/pods entry.
+        let _ = std::fs::remove_dir_all(ctx.logs_dir.join(format!("{ns}_{name}_{uid}")));
         ctx.status_locks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
