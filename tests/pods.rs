@@ -105,6 +105,30 @@ fn phase(p: &Value) -> &str {
 }
 
 /// The container's log (CRI format) as plain lines.
+/// The log of a container's first run, held open: still readable once the pod is deleted
+/// (its logs go with it).
+fn held_log(c: &Cluster, p: &Value, container: &str) -> std::fs::File {
+    let path = c
+        .data
+        .join("logs/pods")
+        .join(format!(
+            "default_{}_{}",
+            p["metadata"]["name"].as_str().unwrap(),
+            p["metadata"]["uid"].as_str().unwrap()
+        ))
+        .join(container)
+        .join("0.log");
+    std::fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn read_held(mut f: &std::fs::File) -> String {
+    use std::io::{Read, Seek};
+    let mut out = String::new();
+    f.rewind().unwrap();
+    f.read_to_string(&mut out).unwrap();
+    out
+}
+
 fn logs(c: &Cluster, p: &Value, container: &str) -> String {
     let dir = c
         .data
@@ -838,6 +862,7 @@ fn graceful_termination_with_prestop() {
         t0.elapsed()
     };
     // preStop runs first, then SIGTERM; a process that exits on SIGTERM ends the wait early.
+    let log = held_log(&c, &polite, "c");
     let (code, v) = c.curl(
         "DELETE",
         "/api/v1/namespaces/default/pods/polite",
@@ -847,7 +872,7 @@ fn graceful_termination_with_prestop() {
     assert_eq!(code, 200);
     assert_eq!(v["metadata"]["deletionGracePeriodSeconds"], 20);
     let took = gone("polite", 15);
-    let out = logs(&c, &polite, "c");
+    let out = read_held(&log);
     let (pre, term) = (out.find("prestop-ran"), out.find("got SIGTERM"));
     assert!(
         pre.is_some() && term.is_some() && pre < term,
@@ -1225,8 +1250,9 @@ fn lifecycle_hooks_post_start_and_http_pre_stop() {
     );
     assert!(logs(&c, &bad, "c").contains("postStart hook failed"));
     // preStop over HTTP reaches the server before it is stopped.
+    let log = held_log(&c, &web, "c");
     c.delete_pod("web", 20);
-    let out = logs(&c, &web, "c");
+    let out = read_held(&log);
     assert!(out.contains("GET /pre-stop-hook"), "{out}");
     c.stop();
 }
