@@ -27,9 +27,11 @@ fn ms(d: Duration) -> String {
     format!("{:.1}", d.as_secs_f64() * 1000.0)
 }
 
-/// RSS in MiB of processes whose command line mentions `needle`, grouped by program.
-fn rss(needle: &str) -> HashMap<String, f64> {
-    let mut out: HashMap<String, f64> = HashMap::new();
+/// RSS and PSS in MiB of processes whose command line mentions `needle`, grouped by program.
+/// RSS counts pages shared between processes (the shims' program text) once per process; PSS
+/// divides them among the processes sharing them, so it adds up to what the pods really cost.
+fn rss(needle: &str) -> HashMap<String, (f64, f64)> {
+    let mut out: HashMap<String, (f64, f64)> = HashMap::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
             continue;
@@ -45,6 +47,12 @@ fn rss(needle: &str) -> HashMap<String, f64> {
             .unwrap_or_default()
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0.0);
+        let pss_kb: f64 = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("Pss:"))
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
             .unwrap_or(0.0);
         let prog = cmd
@@ -64,7 +72,9 @@ fn rss(needle: &str) -> HashMap<String, f64> {
         } else {
             prog
         };
-        *out.entry(key).or_default() += kb / 1024.0;
+        let e = out.entry(key).or_default();
+        e.0 += kb / 1024.0;
+        e.1 += pss_kb / 1024.0;
     }
     out
 }
@@ -459,23 +469,28 @@ fn main() {
         .collect();
     progs.sort();
     progs.dedup();
-    println!(
-        "\n| process | {} |\n|---|{}",
-        rss_rows
-            .iter()
-            .map(|(n, _)| format!("RSS MiB, {n} pods"))
-            .collect::<Vec<_>>()
-            .join(" | "),
-        "---|".repeat(rss_rows.len())
-    );
-    for p in progs {
+    for (what, pick) in [
+        ("RSS", (|m: &(f64, f64)| m.0) as fn(&(f64, f64)) -> f64),
+        ("PSS", |m: &(f64, f64)| m.1),
+    ] {
         println!(
-            "| {p} | {} |",
+            "\n| process | {} |\n|---|{}",
             rss_rows
                 .iter()
-                .map(|(_, m)| format!("{:.1}", m.get(&p).copied().unwrap_or(0.0)))
+                .map(|(n, _)| format!("{what} MiB, {n} pods"))
                 .collect::<Vec<_>>()
-                .join(" | ")
+                .join(" | "),
+            "---|".repeat(rss_rows.len())
         );
+        for p in &progs {
+            println!(
+                "| {p} | {} |",
+                rss_rows
+                    .iter()
+                    .map(|(_, m)| format!("{:.1}", m.get(p).map(pick).unwrap_or(0.0)))
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            );
+        }
     }
 }
