@@ -27,6 +27,16 @@ fn ms(d: Duration) -> String {
     format!("{:.1}", d.as_secs_f64() * 1000.0)
 }
 
+/// A `Name:   123 kB` field of a /proc file, in kB (0 when missing).
+fn kb_field(path: &str, name: &str) -> f64 {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// RSS and PSS in MiB of processes whose command line mentions `needle`, grouped by program.
 /// RSS counts pages shared between processes (the shims' program text) once per process; PSS
 /// divides them among the processes sharing them, so it adds up to what the pods really cost.
@@ -43,18 +53,8 @@ fn rss(needle: &str) -> HashMap<String, (f64, f64)> {
         if !cmd.contains(needle) {
             continue;
         }
-        let kb: f64 = std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0.0);
-        let pss_kb: f64 = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("Pss:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0.0);
+        let kb = kb_field(&format!("/proc/{pid}/status"), "VmRSS:");
+        let pss_kb = kb_field(&format!("/proc/{pid}/smaps_rollup"), "Pss:");
         let prog = cmd
             .split_whitespace()
             .next()

@@ -104,12 +104,9 @@ fn phase(p: &Value) -> &str {
     p["status"]["phase"].as_str().unwrap_or("")
 }
 
-/// The container's log (CRI format) as plain lines.
-/// The log of a container's first run, held open: still readable once the pod is deleted
-/// (its logs go with it).
-fn held_log(c: &Cluster, p: &Value, container: &str) -> std::fs::File {
-    let path = c
-        .data
+/// Where a container's log files are (`<restart>.log`).
+fn log_dir(c: &Cluster, p: &Value, container: &str) -> std::path::PathBuf {
+    c.data
         .join("logs/pods")
         .join(format!(
             "default_{}_{}",
@@ -117,7 +114,12 @@ fn held_log(c: &Cluster, p: &Value, container: &str) -> std::fs::File {
             p["metadata"]["uid"].as_str().unwrap()
         ))
         .join(container)
-        .join("0.log");
+}
+
+/// The log of a container's first run, held open: still readable once the pod is deleted
+/// (its logs go with it).
+fn held_log(c: &Cluster, p: &Value, container: &str) -> std::fs::File {
+    let path = log_dir(c, p, container).join("0.log");
     std::fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -129,16 +131,9 @@ fn read_held(mut f: &std::fs::File) -> String {
     out
 }
 
+/// The container's log (CRI format) as plain lines.
 fn logs(c: &Cluster, p: &Value, container: &str) -> String {
-    let dir = c
-        .data
-        .join("logs/pods")
-        .join(format!(
-            "default_{}_{}",
-            p["metadata"]["name"].as_str().unwrap(),
-            p["metadata"]["uid"].as_str().unwrap()
-        ))
-        .join(container);
+    let dir = log_dir(c, p, container);
     let mut out = String::new();
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .into_iter()
