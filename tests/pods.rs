@@ -1286,12 +1286,14 @@ fn grpc_probes_speak_the_health_protocol() {
         return;
     }
     let c = Cluster::start("grpc");
-    // Liveness asks for the server as a whole (SERVING), readiness for service `db`, which is
+    // The startup probe waits for the server (importing grpcio takes a while); then liveness
+    // asks for the server as a whole (SERVING), readiness for service `db`, which is
     // NOT_SERVING until /tmp/db-up exists.
     create(
         &c,
         json!({"metadata": {"name": "rpc"}, "spec": {"terminationGracePeriodSeconds": 0, "containers": [{"name": "c",
             "command": ["python3", "-u", "-c", GRPC_HEALTH_SERVER],
+            "startupProbe": {"grpc": {"port": 50051}, "periodSeconds": 1, "failureThreshold": 30},
             "livenessProbe": {"grpc": {"port": 50051}, "periodSeconds": 1, "failureThreshold": 1},
             "readinessProbe": {"grpc": {"port": 50051, "service": "db"}, "periodSeconds": 1}}]}}),
     );
@@ -1301,12 +1303,16 @@ fn grpc_probes_speak_the_health_protocol() {
                 .any(|x| x["type"] == "Ready" && x["status"] == "True")
         })
     };
-    let evs = wait_event(&c, "rpc", "Unhealthy");
-    assert!(
-        evs.iter().any(|e| e["message"]
-            == "Readiness probe failed: service unhealthy (responded with \"NOT_SERVING\")"),
-        "{evs:?}"
-    );
+    let unready = "Readiness probe failed: service unhealthy (responded with \"NOT_SERVING\")";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let evs = wait_event(&c, "rpc", "Unhealthy");
+        if evs.iter().any(|e| e["message"] == unready) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{evs:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert!(!ready(&get(&c, "rpc")));
     let o = c.skiff(&["exec", "rpc", "--", "touch", "/tmp/db-up"]);
     assert!(o.status.success(), "{}", common::stderr(&o));
