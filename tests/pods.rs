@@ -104,6 +104,14 @@ fn phase(p: &Value) -> &str {
     p["status"]["phase"].as_str().unwrap_or("")
 }
 
+/// The pod's Ready condition is True.
+fn pod_ready(p: &Value) -> bool {
+    p["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|x| x["type"] == "Ready" && x["status"] == "True")
+    })
+}
+
 /// Where a container's log files are (`<restart>.log`).
 fn log_dir(c: &Cluster, p: &Value, container: &str) -> std::path::PathBuf {
     c.data
@@ -1122,12 +1130,7 @@ fn host_network_pods() {
         &c,
         json!({"metadata": {"name": "hn"}, "spec": {"hostNetwork": true, "terminationGracePeriodSeconds": 0, "containers": [{"name": "web", "command": ["python3", "-m", "http.server", "18081", "--bind", "0.0.0.0"], "readinessProbe": {"tcpSocket": {"port": 18081}, "periodSeconds": 1}}]}}),
     );
-    let p = wait_for(&c, "hn", "Ready", |p| {
-        p["status"]["conditions"].as_array().is_some_and(|cs| {
-            cs.iter()
-                .any(|x| x["type"] == "Ready" && x["status"] == "True")
-        })
-    });
+    let p = wait_for(&c, "hn", "Ready", pod_ready);
     // The host's address, its network (a server there is the host's), its hostname.
     assert_eq!(p["status"]["podIP"], p["status"]["hostIP"], "{p}");
     assert_eq!(p["status"]["podIPs"][0]["ip"], p["status"]["hostIP"], "{p}");
@@ -1181,18 +1184,12 @@ fn https_probes_do_not_check_certificates() {
             json!({"metadata": {"name": name}, "spec": {"terminationGracePeriodSeconds": 0, "containers": [{"name": "web", "command": ["python3", "-c", HTTPS_SERVER], "env": env, "readinessProbe": {"httpGet": {"scheme": scheme, "port": 8443, "path": "/"}, "periodSeconds": 1}}]}}),
         );
     }
-    let ready = |p: &Value| {
-        p["status"]["conditions"].as_array().is_some_and(|cs| {
-            cs.iter()
-                .any(|x| x["type"] == "Ready" && x["status"] == "True")
-        })
-    };
-    wait_for(&c, "tls", "Ready", ready);
+    wait_for(&c, "tls", "Ready", pod_ready);
     // Plain HTTP to a TLS server fails the probe: the pod stays unready, and says why.
     let evs = wait_event(&c, "plain", "Unhealthy");
     // Its server is up as long as the other one's; still unready after more probes.
     std::thread::sleep(Duration::from_secs(2));
-    assert!(!ready(&get(&c, "plain")));
+    assert!(!pod_ready(&get(&c, "plain")));
     assert!(
         evs.iter().any(|e| e["message"]
             .as_str()
@@ -1224,12 +1221,7 @@ fn lifecycle_hooks_post_start_and_http_pre_stop() {
         json!({"metadata": {"name": "badstart"}, "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "command": ["sleep", "3600"],
             "lifecycle": {"postStart": {"exec": {"command": ["false"]}}}}]}}),
     );
-    let web = wait_for(&c, "web", "Ready", |p| {
-        p["status"]["conditions"].as_array().is_some_and(|cs| {
-            cs.iter()
-                .any(|x| x["type"] == "Ready" && x["status"] == "True")
-        })
-    });
+    let web = wait_for(&c, "web", "Ready", pod_ready);
     let o = c.skiff(&["exec", "web", "--", "cat", "/tmp/started"]);
     assert_eq!(
         common::stdout(&o),
@@ -1297,12 +1289,6 @@ fn grpc_probes_speak_the_health_protocol() {
             "livenessProbe": {"grpc": {"port": 50051}, "periodSeconds": 1, "failureThreshold": 1},
             "readinessProbe": {"grpc": {"port": 50051, "service": "db"}, "periodSeconds": 1}}]}}),
     );
-    let ready = |p: &Value| {
-        p["status"]["conditions"].as_array().is_some_and(|cs| {
-            cs.iter()
-                .any(|x| x["type"] == "Ready" && x["status"] == "True")
-        })
-    };
     let unready = "Readiness probe failed: service unhealthy (responded with \"NOT_SERVING\")";
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -1313,10 +1299,10 @@ fn grpc_probes_speak_the_health_protocol() {
         assert!(Instant::now() < deadline, "{evs:?}");
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(!ready(&get(&c, "rpc")));
+    assert!(!pod_ready(&get(&c, "rpc")));
     let o = c.skiff(&["exec", "rpc", "--", "touch", "/tmp/db-up"]);
     assert!(o.status.success(), "{}", common::stderr(&o));
-    let p = wait_for(&c, "rpc", "Ready", ready);
+    let p = wait_for(&c, "rpc", "Ready", pod_ready);
     // The liveness probe passed all along: never restarted.
     assert_eq!(
         p["status"]["containerStatuses"][0]["restartCount"], 0,

@@ -41,7 +41,7 @@ pub struct InitConfig {
     #[serde(default)]
     pub host_uts: bool,
     /// Started ahead of the pod's network: once the root is built, wait on stdin for the final
-    /// config (see [`finish_config`]) before running the command.
+    /// config (see `merge_final`) before running the command.
     #[serde(default)]
     pub wait_for_go: bool,
 }
@@ -328,11 +328,6 @@ pub fn main(config: &Path) -> std::process::ExitCode {
 }
 
 pub fn run(cfg: &InitConfig) -> Result<()> {
-    if cfg.argv.is_empty() && !cfg.wait_for_go {
-        bail!(
-            "the container has no command (skiff runs `command`/`args`; images have no entrypoint)"
-        );
-    }
     for f in &cfg.cgroup_procs {
         std::fs::write(f, "0").with_context(|| format!("joining {f}"))?;
     }
@@ -351,16 +346,19 @@ pub fn run(cfg: &InitConfig) -> Result<()> {
         nix::unistd::sethostname(&cfg.hostname)?;
     }
     pivot(&root)?;
-    let owned;
+    // An early start learns its command now.
+    let fin;
     let cfg = if cfg.wait_for_go {
-        owned = wait_for_go(cfg.clone())?;
-        if owned.argv.is_empty() {
-            bail!("the container has no command (skiff runs `command`/`args`; images have no entrypoint)");
-        }
-        &owned
+        fin = wait_for_go(cfg.clone())?;
+        &fin
     } else {
         cfg
     };
+    if cfg.argv.is_empty() {
+        bail!(
+            "the container has no command (skiff runs `command`/`args`; images have no entrypoint)"
+        );
+    }
     let wd = if cfg.working_dir.is_empty() {
         "/".to_string()
     } else {

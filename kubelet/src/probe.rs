@@ -212,9 +212,8 @@ pub async fn run(p: &Probe, t: &Target) -> Result<(), String> {
             return Ok(());
         }
         if let Some(g) = &p.grpc {
-            let host = t.pod_ip.clone();
             let port = u16::try_from(g.port).map_err(|_| format!("invalid port {}", g.port))?;
-            return grpc_health(&host, port, g.service.as_deref().unwrap_or(""), timeout).await;
+            return grpc_health(&t.pod_ip, port, g.service.as_deref().unwrap_or(""), timeout).await;
         }
         Err("the probe has no handler (exec, httpGet, tcpSocket or grpc)".into())
     };

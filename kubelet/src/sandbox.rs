@@ -127,8 +127,7 @@ pub fn spawn_in(
         }
         // The child's pipes and exit belong to the shim's runtime.
         let _guard = handle.enter();
-        let r = cmd.spawn()?;
-        Ok(r)
+        Ok(cmd.spawn()?)
     })
     .join()
     .map_err(|_| anyhow::anyhow!("the spawning thread panicked"))?

@@ -136,24 +136,29 @@ async fn wait_for_network(
     // netd makes the namespace within milliseconds of the pod's creation; looked for briefly.
     let mut look_until = (!plan.share_process_namespace)
         .then(|| tokio::time::Instant::now() + Duration::from_millis(250));
+    // The plan is read again when there may be news: at first, on the kubelet's word, and at
+    // the fallback tick (not on each look for the namespace).
+    let mut news = true;
     let plan = loop {
-        if let Some(p) = read_plan(dir).filter(|p| !p.pod_ip.is_empty()) {
-            break Some(p);
+        if news {
+            if let Some(p) = read_plan(dir).filter(|p| !p.pod_ip.is_empty()) {
+                break Some(p);
+            }
         }
         if look_until.is_some() && ns.net.as_deref().is_some_and(crate::sandbox::is_mounted) {
             look_until = None;
             early = start_early(plan, dir, ns).await;
+            // The address may have come while the containers were being started.
+            news = true;
             continue;
         }
-        let tick = match look_until {
-            Some(t) if tokio::time::Instant::now() < t => Duration::from_millis(1),
-            // A fallback: the kubelet's word may have been lost.
-            _ => Duration::from_secs(1),
-        };
+        let looking = look_until.is_some_and(|t| tokio::time::Instant::now() < t);
+        // A fallback: the kubelet's word may have been lost.
+        let tick = Duration::from_millis(if looking { 1 } else { 1000 });
         tokio::select! {
-            _ = sock.recv(&mut buf) => {}
+            _ = sock.recv(&mut buf) => news = true,
             _ = term.recv() => break None,
-            _ = tokio::time::sleep(tick) => {}
+            _ = tokio::time::sleep(tick) => news = !looking,
         }
     };
     let _ = std::fs::remove_file(&path);
@@ -324,10 +329,6 @@ fn hook_target(plan: &PodPlan, c: &ContainerPlan, pid: u32) -> crate::probe::Tar
 
 fn kubelet_exe() -> PathBuf {
     std::env::current_exe().unwrap_or_else(|_| PathBuf::from("skiff-kubelet"))
-}
-
-fn shared_dir_state(s: &Arc<Shared>) -> Arc<Shared> {
-    s.clone()
 }
 
 /// Runs the container's probes while it runs: startup first, then liveness and readiness.
@@ -663,16 +664,18 @@ async fn run_once(
         }
         None => None,
     };
-    let mut sp = match early {
+    let sp = match early {
         Some(mut s) => {
             s.go(&init_config(plan, c, &shared.dir)).await?;
             s
         }
         None => spawn_container(plan, c, &shared.dir, &shared.ns, restart, false).await?,
     };
-    let (pid, cgroup, log) = (sp.pid, sp.cgroup.take(), sp.log.clone());
     let Spawned {
         mut child,
+        pid,
+        cgroup,
+        log,
         outs,
         started_rx,
         ..
@@ -745,7 +748,7 @@ async fn run_once(
         Some(tokio::spawn(probe_loop(
             plan.pod_ip.clone(),
             c.clone(),
-            shared_dir_state(shared),
+            shared.clone(),
             pid,
             kill_tx,
         )))
